@@ -1,0 +1,131 @@
+"""ms per ``optimizer.step()`` for every hf-adasam optimizer against ``torch.optim.AdamW``.
+
+All optimizers live in one process over the same BERT-shaped parameter list (MiniLM-L6: 103
+tensors, 22.7M parameters, or BERT-base with ``--size 110m``) and are stepped interleaved, so
+machine noise hits every row alike. Each row reports the median of ``--steps`` timed steps after
+``--warmup`` untimed ones (which include the one-off compile, reported separately).
+
+    python benchmarks/optim_step.py                  # compiled + foreach rows, 22.7M params
+    python benchmarks/optim_step.py --impls foreach  # eager only (no compile wait)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import hf_adasam
+from hf_adasam import create_optimizer
+
+RESULTS = Path(__file__).parent / "results"
+
+# knobs per name where the default would leave the step idle or is not a fair comparison
+EXTRA: dict[str, dict] = {"adai": {"lr": 0.1}, "adaiw": {"lr": 0.1}, "cprop_sgd": {"lr": 0.1, "momentum": 0.9}}
+
+
+def bert_shapes(size: str) -> list[tuple[int, ...]]:
+    h, layers, inter = {"22m": (384, 6, 1536), "110m": (768, 12, 3072)}[size]
+    shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
+    for _ in range(layers):
+        shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (inter, h), (inter,), (h, inter), (h,), (h,), (h,)]
+    return [*shapes, (h, h), (h,)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["22m", "110m"], default="22m")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--impls", default="compiled,foreach")
+    ap.add_argument("--names", default=",".join(hf_adasam.OPTIMIZERS))
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/optim_step_<size>)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    shapes = bert_shapes(args.size)
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g) * 1e-3 for s in shapes]
+    numel = sum(t.numel() for t in grads)
+
+    def params() -> list[torch.Tensor]:
+        ps = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+        for p, gr in zip(ps, grads, strict=True):
+            p.grad = gr  # shared: optimizers must not write into grads
+        return ps
+
+    def decay_groups(ps: list[torch.Tensor]) -> list[dict]:
+        # Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not
+        return [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
+                {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
+
+    rows: dict[str, Callable[[], None]] = {}
+    compile_s: dict[str, float] = {}
+    rows["AdamW fused"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, fused=True).step
+    rows["AdamW foreach"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, foreach=True).step
+    for name in args.names.split(","):
+        for impl in args.impls.split(","):
+            kw = dict(EXTRA.get(name, {}))
+            if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
+                if impl != args.impls.split(",")[0]:
+                    continue
+                kw["foreach"] = True
+                label = f"{name} (torch.optim.RAdam foreach)"
+            else:
+                kw["impl"] = impl
+                label = f"{name} {impl}"
+            kw.setdefault("lr", 1e-3)
+            opt = create_optimizer(name, decay_groups(params()), **kw)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                opt.step()
+            compile_s[label] = time.perf_counter() - t0
+            print(f"warm-up {label}: {compile_s[label]:.1f} s", flush=True)
+            rows[label] = opt.step
+    for label in ("AdamW fused", "AdamW foreach"):
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            rows[label]()
+        compile_s[label] = time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    for _ in range(args.steps):  # interleaved: one step of each per round
+        for label, step in rows.items():
+            t0 = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - t0)
+
+    ref = statistics.median(times["AdamW fused"])
+    table = []
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        table.append({"optimizer": label, "ms_median": med * 1e3, "vs_adamw_fused": med / ref,
+                      "ms_p10": sorted(ts)[len(ts) // 10] * 1e3, "ms_p90": sorted(ts)[9 * len(ts) // 10] * 1e3,
+                      "warmup_s": compile_s[label]})
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version(), "numel": numel,
+               "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup}
+    lines = [f"# optimizer.step() on {numel / 1e6:.1f}M params ({len(shapes)} tensors), "
+             f"{machine['threads']} threads, torch {torch.__version__}", "",
+             "| optimizer | ms / step (median) | p10–p90 | × AdamW fused | warm-up s (incl. compile) |",
+             "|---|---:|---:|---:|---:|"]
+    for r in table:
+        lines.append(f"| {r['optimizer']} | {r['ms_median']:.1f} | {r['ms_p10']:.1f}–{r['ms_p90']:.1f} | "
+                     f"{r['vs_adamw_fused']:.2f} | {r['warmup_s']:.1f} |")
+    md = "\n".join(lines)
+    print(md)
+    stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
+    stem.with_suffix(".md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""One table from ``optim`` names to optimizers, and its hook into Transformers.
+
+Every fact about a name lives in its :class:`OptimEntry`: the class, the paper, which
+``TrainingArguments`` fields feed which knob, and fixed arguments. Knob defaults are *not* repeated
+here: they are read from the class's constructor signature, which follows the spec's tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+
+__all__ = ["OPTIMIZERS", "OptimEntry", "create_optimizer", "optimizer_kwargs", "parse_optim_args", "register"]
+
+# Knobs that the Trainer fills itself (param groups carry lr and weight decay) or that select the
+# kernel rather than the algorithm: never set through ``optim_args``.
+_MANAGED = frozenset({"params", "lr", "weight_decay"})
+# torch.optim.RAdam arguments that are not algorithm knobs.
+_NOT_KNOBS = frozenset({"foreach", "maximize", "capturable", "differentiable"})
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimEntry:
+    name: str
+    cls: type[torch.optim.Optimizer]
+    paper: str
+    # constructor knob -> TrainingArguments field(s) it is read from, where the meaning is the same
+    hf_args: Mapping[str, str | tuple[str, ...]] = MappingProxyType({})
+    fixed: Mapping[str, Any] = MappingProxyType({})
+    sam: bool = False  # the name asks for the SAM perturbation (rho defaults on)
+
+    def knobs(self) -> dict[str, Any]:
+        """Settable constructor arguments and their defaults (``inspect.Parameter.empty`` if required)."""
+        sig = inspect.signature(self.cls.__init__)
+        return {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if n != "self"
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and n not in _MANAGED | _NOT_KNOBS | set(self.fixed)
+        }
+
+
+_ADAM_ARGS = MappingProxyType({"betas": ("adam_beta1", "adam_beta2"), "eps": "adam_epsilon"})
+
+OPTIMIZERS: dict[str, OptimEntry] = {
+    e.name: e
+    for e in (
+        OptimEntry("adasam", AdaSAM, "Sun et al. 2023, arXiv 2303.00565", _ADAM_ARGS, sam=True),
+        OptimEntry("set_adam", SETAdam, "Zhang 2023, arXiv 2302.01029", {"betas": ("adam_beta1", "adam_beta2")}),
+        OptimEntry(
+            "radam",
+            torch.optim.RAdam,
+            "Liu et al. ICLR 2020, arXiv 1908.03265",
+            _ADAM_ARGS,
+            fixed=MappingProxyType({"decoupled_weight_decay": True}),
+        ),
+        OptimEntry("adai", Adai, "Xie et al. ICML 2022, arXiv 2006.15815"),
+        OptimEntry(
+            "adaiw", Adai, "Xie et al. ICML 2022, arXiv 2006.15815", fixed=MappingProxyType({"decoupled": True})
+        ),
+        OptimEntry("adashift", AdaShift, "Zhou et al. ICLR 2019, arXiv 1810.00143", _ADAM_ARGS),
+        OptimEntry("cprop_adam", CPropAdam, "Preechakul & Kijsirikul 2019, arXiv 1912.06334", _ADAM_ARGS),
+        OptimEntry("cprop_sgd", CPropSGD, "Preechakul & Kijsirikul 2019, arXiv 1912.06334"),
+        OptimEntry("generic_adam", GenericAdam, "Zou et al. CVPR 2019, arXiv 1811.09358"),
+    )
+}
+
+
+def _entry(name: str) -> OptimEntry:
+    try:
+        return OPTIMIZERS[str(name)]
+    except KeyError:
+        raise ValueError(f"Unknown optimizer {name!r}; hf-adasam knows: {', '.join(OPTIMIZERS)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# optim_args: "key=value,..." typed by the knob's default
+# ----------------------------------------------------------------------------------------------
+def _convert(key: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, tuple):  # betas=0.9:0.999 (',' already separates optim_args)
+            parts = tuple(float(x) for x in raw.split(":"))
+            if len(parts) != len(default):
+                raise ValueError
+            return parts
+        if isinstance(default, str):
+            return raw
+        return float(raw)
+    except ValueError:
+        shown = ":".join(str(x) for x in default) if isinstance(default, tuple) else default
+        raise ValueError(
+            f"optim_args: cannot read {key}={raw!r}; expected a value like the default {key}={shown}"
+        ) from None
+
+
+def parse_optim_args(name: str, optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
+    """Typed optimizer kwargs from ``optim_args`` (a ``"k=v,k=v"`` string or a parsed mapping)."""
+    if not optim_args:
+        return {}
+    if isinstance(optim_args, str):
+        pairs: dict[str, str] = {}
+        for item in filter(None, (s.strip() for s in optim_args.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"optim_args: {item!r} is not of the form key=value")
+            pairs[key.strip()] = value.strip()
+        optim_args = pairs
+    knobs = _entry(name).knobs()
+    out: dict[str, Any] = {}
+    for key, raw in optim_args.items():
+        if key not in knobs:
+            raise ValueError(
+                f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {', '.join(sorted(knobs))}"
+            )
+        default = knobs[key]
+        if default is inspect.Parameter.empty:
+            default = 0.0  # a required knob is a float
+        elif default is None:
+            default = ""  # a None default is a string choice (impl)
+        out[key] = _convert(key, raw, default)
+    return out
+
+
+def _changed_fields(args: Any, fields: str | tuple[str, ...]) -> Any:
+    """The value(s) of ``args``'s fields if the user moved any of them off the class default."""
+    names = (fields,) if isinstance(fields, str) else fields
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    values = tuple(getattr(args, n) for n in names)
+    if all(math.isclose(v, defaults[n], rel_tol=0, abs_tol=0) for n, v in zip(names, values, strict=True)):
+        return None
+    return values[0] if isinstance(fields, str) else values
+
+
+def optimizer_kwargs(name: str, args: Any) -> dict[str, Any]:
+    """Constructor kwargs for ``name`` from ``TrainingArguments``-like ``args``.
+
+    lr and weight decay always come from ``args``; Adam-style ``adam_beta1/2`` and ``adam_epsilon``
+    reach knobs of the same meaning only when set away from ``TrainingArguments``' own defaults, so
+    an optimizer keeps its paper's defaults (AdaShift's eps 1e-10, ...) unless asked otherwise;
+    ``optim_args`` overrides everything.
+    """
+    entry = _entry(name)
+    kwargs: dict[str, Any] = {"lr": args.learning_rate, "weight_decay": args.weight_decay, **entry.fixed}
+    for knob, fields in entry.hf_args.items():
+        value = _changed_fields(args, fields)
+        if value is not None:
+            kwargs[knob] = value
+    kwargs.update(parse_optim_args(name, getattr(args, "optim_args", None)))
+    return kwargs
+
+
+def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+    """Build the optimizer registered as ``name`` (plain PyTorch entry, outside ``Trainer``)."""
+    entry = _entry(name)
+    return entry.cls(params, **{**entry.fixed, **kwargs})
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformers: OptimizerNames members + Trainer handlers
+# ----------------------------------------------------------------------------------------------
+def _reduce_as_str(value: str) -> Any:
+    # Pickles as the plain string, so ``training_args.bin`` loads in a process that never imported
+    # hf_adasam (``TrainingArguments`` accepts the string and converts it again on use).
+    return lambda *_: (str, (value,))
+
+
+def _add_member(enum_cls: Any, name: str, value: str) -> None:
+    if value in enum_cls._value2member_map_:
+        return
+    member = str.__new__(enum_cls, value)
+    member._name_ = name
+    member._value_ = value
+    member.__objclass__ = enum_cls
+    member.__reduce_ex__ = _reduce_as_str(value)
+    member._sort_order_ = len(enum_cls._member_names_)
+    type.__setattr__(enum_cls, name, member)
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+
+
+def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    name = str(getattr(ctx.args.optim, "value", ctx.args.optim))
+    return OPTIMIZERS[name].cls, optimizer_kwargs(name, ctx.args)
+
+
+def register() -> None:
+    """Make every name in :data:`OPTIMIZERS` a valid ``TrainingArguments(optim=...)``. Idempotent.
+
+    ``import hf_adasam`` calls it; call it again only after something replaced Transformers' tables.
+    """
+    from transformers import trainer_optimizer
+    from transformers.training_args import OptimizerNames
+
+    for name in OPTIMIZERS:
+        _add_member(OptimizerNames, name.upper(), name)
+        trainer_optimizer._OPTIMIZER_HANDLERS[name] = _handler
+
+
+def markdown_table() -> str:
+    """The README's optimizer table, generated from :data:`OPTIMIZERS` (a test keeps them equal)."""
+
+    def fmt(v: Any) -> str:
+        if v is inspect.Parameter.empty:
+            return "required"
+        return ":".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
+
+    lines = ["| `optim=` | class | paper | knobs (`optim_args` key=default) | from TrainingArguments |",
+             "|---|---|---|---|---|"]
+    for e in OPTIMIZERS.values():
+        knobs = ", ".join(f"`{k}={fmt(v)}`" for k, v in e.knobs().items() if k not in ("impl", "foreach"))
+        fixed = "".join(f" ({k}={v})" for k, v in e.fixed.items())
+        hf = ", ".join(f"{k} ← {'/'.join((f,) if isinstance(f, str) else f)}" for k, f in e.hf_args.items())
+        cls = f"`{e.cls.__module__.replace('torch.optim.radam', 'torch.optim')}.{e.cls.__name__}`{fixed}"
+        lines.append(f"| `{e.name}` | {cls} | {e.paper} | {knobs} | lr, weight_decay{', ' + hf if hf else ''} |")
+    return "\n".join(lines)
