@@ -1,0 +1,239 @@
+r"""Adai and AdaiW (Xie et al. ICML 2022, "Adaptive Inertia: Disentangling the Effects of Adaptive
+Learning Rate and Momentum", arXiv 2006.15815); follows the authors' code (spec §6).
+
+The inertia :math:`\beta_1` adapts per coordinate to the curvature proxy :math:`\hat v`, relative to
+its mean :math:`\bar v` over *all* parameters of *all* param groups (one scalar per step):
+
+.. math::
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g^2 \qquad \hat v = v_t / (1-\beta_2^t) \qquad
+    \bar v = \mathrm{mean}(\hat v) \\
+    \beta_1 = \mathrm{clamp}(1 - \beta_0 \hat v / \bar v,\ 0,\ 1-\epsilon) \qquad
+    P_t = P_{t-1} \beta_1,\ P_0 = 1 \\
+    m_t = \beta_1 m_{t-1} + (1-\beta_1) g \qquad x \leftarrow x - \gamma\, m_t / (1 - P_t)
+
+Adai adds :math:`\lambda x` to :math:`g` (coupled weight decay); AdaiW (``decoupled=True``) scales
+:math:`x` by :math:`1-\gamma\lambda`. As in the authors' code :math:`\bar v` has no floor: a step on
+which every gradient is exactly zero (so :math:`\bar v = 0`) gives NaN.
+The state keeps :math:`1 - P_t` (``bias_correction1``), updated as
+:math:`1 - P_t = \beta_1 (1 - P_{t-1}) + (1 - \beta_1)`, and the kernels work with :math:`1-\beta_1`:
+both stay exact in bfloat16, where :math:`\beta_1 = 1 - 10^{-3}` and :math:`P_t` round to 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import KernelOptimizer, check_common, check_range, run_kernel
+
+__all__ = ["Adai", "adai", "adai_second_moment"]
+
+
+class Adai(KernelOptimizer):
+    """Adai (spec §6); ``decoupled=True`` is AdaiW. ``lr`` is on SGD's scale and has no default."""
+
+    # bias_correction1 holds 1 - P_t rather than P_t: near P = 1 (beta1 = 1 - eps) bf16 cannot tell P
+    # from 1 (it rounds 1 - 1e-3 to 1, giving m / 0), while 1 - P keeps its relative precision there
+    state_buffers = ("exp_avg", "exp_avg_sq", "bias_correction1")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        betas: tuple[float, float] = (0.1, 0.99),
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        *,
+        impl: str | None = None,
+    ) -> None:
+        check_common(lr, weight_decay)
+        # eps > 0 keeps beta1 < 1, hence P_t < 1: a coordinate whose gradient was always 0 gets 0/(1-P), not 0/0
+        check_range("eps", eps, 0.0, 1.0, low_open=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Invalid betas: {betas!r}; expected a tuple (beta0 in [0, inf), beta2 in [0, 1))")
+        check_range("betas[0]", betas[0])  # beta0 scales 1 - beta1; the clamp keeps beta1 in range
+        check_range("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        super().__init__(params, defaults, impl)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        buckets = [(group, params, step) for group in self.param_groups for (_, _, step), params in
+                   self.gather(group).items()]
+        if not buckets:
+            return loss
+        # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
+        sums = [self.second_moment(group, params, step) for group, params, step in buckets]
+        numel = sum(p.numel() for _, params, _ in buckets for p in params)
+        if len(sums) == 1:
+            vhat_mean = sums[0] / numel
+        else:  # buckets may differ in device or dtype: add up on the first one, in the widest dtype
+            dtype = functools.reduce(torch.promote_types, [s.dtype for s in sums])
+            vhat_mean = torch.stack([s.to(sums[0].device, dtype) for s in sums]).sum() / numel
+        # phase 2: inertia, momentum and the step
+        for group, params, step in buckets:
+            self.update_bucket(group, params, step, vhat_mean.to(params[0].device))
+        return loss
+
+    def second_moment(self, group: dict[str, Any], params: list[Tensor], step: int) -> Tensor:
+        """Update v of one bucket; return its sum of v_hat as a 0-d tensor (no host sync)."""
+        acc_dtype = torch.promote_types(params[0].dtype, torch.float32)  # bf16 would round the sum
+        total = torch.zeros((), dtype=acc_dtype, device=params[0].device)
+        _, beta2 = group["betas"]
+        adai_second_moment(
+            params,
+            [p.grad for p in params],
+            *self.buffers(params, "exp_avg_sq"),
+            [total],
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            bias_correction2=1 - beta2**step,
+            coupled_decay=not group["decoupled"] and group["weight_decay"] != 0,
+            impl=self.impl,
+        )
+        return total
+
+    def update_bucket(  # type: ignore[override]
+        self, group: dict[str, Any], params: list[Tensor], step: int, vhat_mean: Tensor
+    ) -> None:
+        beta0, beta2 = group["betas"]
+        decay = group["weight_decay"] != 0
+        adai(
+            params,
+            [p.grad for p in params],
+            *self.buffers(params, *self.state_buffers),
+            lr=group["lr"],
+            beta0=beta0,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            bias_correction2=1 - beta2**step,
+            vhat_mean=vhat_mean,
+            coupled_decay=decay and not group["decoupled"],
+            decoupled_decay=decay and group["decoupled"],
+            impl=self.impl,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# phase 1: v_t and sum(v_hat)
+# ----------------------------------------------------------------------------------------------
+def _single_tensor_adai_second_moment(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    totals: list[Tensor],
+    *,
+    beta2: float,
+    weight_decay: float,
+    bias_correction2: float,
+    coupled_decay: bool,
+) -> None:
+    (total,) = totals
+    for p, g, v in zip(params, grads, exp_avg_sqs, strict=True):
+        if coupled_decay:
+            g = g + p * weight_decay
+        v.mul_(beta2).add_(g * g * (1 - beta2))
+        total.add_(v.sum(dtype=total.dtype) / bias_correction2)
+
+
+def _multi_tensor_adai_second_moment(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    totals: list[Tensor],
+    *,
+    beta2: float,
+    weight_decay: float,
+    bias_correction2: float,
+    coupled_decay: bool,
+) -> None:
+    (total,) = totals
+    if coupled_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=total.dtype)  # v >= 0, so its L1 norm is its sum
+    total.add_(torch.stack(sums).sum() / bias_correction2)
+
+
+def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+    """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): v_t, and total += sum(v_hat)."""
+    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper)
+
+
+# ----------------------------------------------------------------------------------------------
+# phase 2: adaptive inertia, momentum, step
+# ----------------------------------------------------------------------------------------------
+def _single_tensor_adai(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    bias_correction1s: list[Tensor],
+    *,
+    lr: float,
+    beta0: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction2: float,
+    vhat_mean: Tensor,
+    coupled_decay: bool,
+    decoupled_decay: bool,
+) -> None:
+    for p, g, m, v, bc1 in zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction1s, strict=True):
+        if coupled_decay:
+            g = g + p * weight_decay
+        # 1 - beta1 = clamp(beta0 v_hat / v_bar, eps, 1), kept in that form: bf16 rounds beta1 = 1 - 1e-3
+        # to 1. Two one-sided clamps, as torch.compile rejects clamp(<0-d tensor>, 1).
+        one_minus_beta1 = (v / bias_correction2 / vhat_mean * beta0).clamp(min=eps).clamp(max=1)
+        bc1.mul_(1 - one_minus_beta1).add_(one_minus_beta1)  # 1 - P_t = beta1 (1 - P_{t-1}) + (1 - beta1)
+        m.lerp_(g, one_minus_beta1)
+        if decoupled_decay:
+            p.mul_(1 - lr * weight_decay)
+        p.sub_(m / bc1 * lr)
+
+
+def _multi_tensor_adai(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    bias_correction1s: list[Tensor],
+    *,
+    lr: float,
+    beta0: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction2: float,
+    vhat_mean: Tensor,
+    coupled_decay: bool,
+    decoupled_decay: bool,
+) -> None:
+    if coupled_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    # q = 1 - beta1 = clamp(beta0 * v_hat / v_bar, eps, 1)
+    q = torch._foreach_mul(exp_avg_sqs, beta0 / bias_correction2)
+    torch._foreach_div_(q, vhat_mean)
+    torch._foreach_clamp_min_(q, eps)
+    torch._foreach_clamp_max_(q, 1.0)
+    torch._foreach_addcmul_(bias_correction1s, bias_correction1s, q, -1)  # 1 - P_t = beta1 (1 - P_{t-1}) + q
+    torch._foreach_add_(bias_correction1s, q)
+    torch._foreach_lerp_(exp_avgs, grads, q)
+    if decoupled_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_addcdiv_(params, exp_avgs, bias_correction1s, -lr)
+
+
+def adai(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+    """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``vhat_mean``."""
+    run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper)
+
