@@ -16,7 +16,7 @@ Adai adds :math:`\lambda x` to :math:`g` (coupled weight decay); AdaiW (``decoup
 which every gradient is exactly zero (so :math:`\bar v = 0`) gives NaN.
 The state keeps :math:`1 - P_t` (``bias_correction1``), updated as
 :math:`1 - P_t = \beta_1 (1 - P_{t-1}) + (1 - \beta_1)`, and the kernels work with :math:`1-\beta_1`:
-both stay exact in bfloat16, where :math:`\beta_1 = 1 - 10^{-3}` and :math:`P_t` round to 1.
+both keep their relative precision in bfloat16, where :math:`\beta_1 = 1 - 10^{-3}` and :math:`P_t` round to 1.
 """
 
 from __future__ import annotations
