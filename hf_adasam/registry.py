@@ -33,8 +33,8 @@ class OptimEntry:
     cls: type[torch.optim.Optimizer]
     paper: str
     # constructor knob -> TrainingArguments field(s) it is read from, where the meaning is the same
-    hf_args: Mapping[str, str | tuple[str, ...]] = MappingProxyType({})
-    fixed: Mapping[str, Any] = MappingProxyType({})
+    hf_args: Mapping[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sam: bool = False  # the name asks for the SAM perturbation (rho defaults on)
 
     def knobs(self) -> dict[str, Any]:
@@ -61,11 +61,11 @@ OPTIMIZERS: dict[str, OptimEntry] = {
             torch.optim.RAdam,
             "Liu et al. ICLR 2020, arXiv 1908.03265",
             _ADAM_ARGS,
-            fixed=MappingProxyType({"decoupled_weight_decay": True}),
+            fixed={"decoupled_weight_decay": True},
         ),
         OptimEntry("adai", Adai, "Xie et al. ICML 2022, arXiv 2006.15815"),
         OptimEntry(
-            "adaiw", Adai, "Xie et al. ICML 2022, arXiv 2006.15815", fixed=MappingProxyType({"decoupled": True})
+            "adaiw", Adai, "Xie et al. ICML 2022, arXiv 2006.15815", fixed={"decoupled": True}
         ),
         OptimEntry("adashift", AdaShift, "Zhou et al. ICLR 2019, arXiv 1810.00143", _ADAM_ARGS),
         OptimEntry("cprop_adam", CPropAdam, "Preechakul & Kijsirikul 2019, arXiv 1912.06334", _ADAM_ARGS),
