@@ -1,0 +1,192 @@
+"""The two-pass sharpness-aware micro-step, shared by ``SAMTrainer`` and the plain-PyTorch ``SAM``.
+
+One micro-batch (spec §1, §3):
+
+1. pass 1 at w into fresh gradients g (the accumulated gradients of earlier micro-batches are put
+   aside, not copied);
+2. the policy decides from ‖g‖² whether this micro-batch pays the second pass;
+3. if so: e from g (SAM or ASAM), w ← w + e, pass 2 into fresh gradients g_sam, w restored
+   bit-exactly from a saved copy; else the direction is g (or LookSAM's reuse of g_v);
+4. the direction is added to the accumulated gradients, exactly as the base loop accumulates.
+
+Data parallel: every pass runs without DDP's all-reduce; the caller all-reduces the accumulated
+gradients once per optimizer step (``allreduce_grads``). Pass-1 gradients are averaged across ranks
+only with ``sync_perturbation``; the policy always sees the replica-mean ‖g‖², so every rank takes
+the same decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .sharpness import Perturbation, make_policy
+
+
+@dataclass
+class SAMStats:
+    """Counters since the last log; summed over micro-batches."""
+
+    micro_batches: int = 0
+    second_passes: int = 0
+    skipped: int = 0  # non-finite pass-1 gradient: no perturbation
+    grad_norm_sum: float = 0.0
+    perturbation_norm_sum: float = 0.0
+    total_second_passes: int = 0
+    total_micro_batches: int = 0
+
+    def pop_logs(self) -> dict[str, float]:
+        if not self.micro_batches:
+            return {}
+        logs = {
+            "sam_second_pass_fraction": self.second_passes / self.micro_batches,
+            "sam_grad_norm": self.grad_norm_sum / self.micro_batches,
+            "sam_skipped_perturbations": float(self.skipped),
+        }
+        if self.second_passes:
+            logs["sam_perturbation_norm"] = self.perturbation_norm_sum / self.second_passes
+        self.micro_batches = self.second_passes = self.skipped = 0
+        self.grad_norm_sum = self.perturbation_norm_sum = 0.0
+        return logs
+
+
+@dataclass
+class SAMStep:
+    """Perturbation + policy + the micro-step that uses them."""
+
+    perturbation: Perturbation
+    policy: Any
+    sync_perturbation: bool = False
+    stats: SAMStats = field(default_factory=SAMStats)
+
+    @classmethod
+    def build(
+        cls, *, rho: float, adaptive: bool, eta: float | None, policy: str, sync_perturbation: bool, **policy_knobs: Any
+    ) -> SAMStep:
+        pert_kw = {"rho": rho, "adaptive": adaptive}
+        if eta is not None:
+            pert_kw["eta"] = eta
+        return cls(Perturbation(**pert_kw), make_policy(policy, **policy_knobs), sync_perturbation)
+
+    def micro_step(
+        self,
+        params: list[Tensor],
+        backward: Callable[[], Tensor],
+        *,
+        t: int,
+        grad_scale: float = 1.0,
+        no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> Tensor:
+        """Run one micro-batch's passes; ``backward`` computes the loss at the current w and backprops it.
+
+        Returns the pass-1 loss. ``grad_scale`` is the fp16 GradScaler's scale (pass-1 gradients are
+        unscaled by it for the policy's statistics; the SAM direction is scale-free).
+        """
+        with _swapped_grads(params) as accumulated:
+            with no_sync():
+                loss = backward()
+            live = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in live]
+            if self.sync_perturbation and _distributed():
+                _allreduce_mean(grads)
+            gnorm = self.perturbation.grad_norm(grads) / grad_scale if grads else torch.zeros(())
+            gsq = gnorm.double() ** 2
+            if _distributed() and not self.sync_perturbation:
+                gsq = _allreduce_mean_scalar(gsq)
+            gsq_value = float(gsq)
+            finite = bool(torch.isfinite(gnorm))
+            self.stats.micro_batches += 1
+            self.stats.total_micro_batches += 1
+            if finite:
+                self.stats.grad_norm_sum += float(gnorm)
+            else:
+                self.stats.skipped += 1
+            if finite and grads and self.policy.decide(t, gsq_value):
+                enorm = self.perturbation.perturb(live, grads)
+                for p in live:
+                    p.grad = None
+                try:
+                    with no_sync():
+                        backward()
+                finally:
+                    self.perturbation.restore(live)
+                self.stats.second_passes += 1
+                self.stats.total_second_passes += 1
+                self.stats.perturbation_norm_sum += float(enorm)
+                self.policy.after_sam(grads, [p.grad if p.grad is not None else torch.zeros_like(p) for p in live])
+            elif grads and finite:
+                self.policy.reuse(grads)
+        # _swapped_grads added the accumulated gradients back: p.grad = accumulated + direction
+        del accumulated
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "total_second_passes": self.stats.total_second_passes,
+                "total_micro_batches": self.stats.total_micro_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.stats.total_second_passes = state.get("total_second_passes", 0)
+        self.stats.total_micro_batches = state.get("total_micro_batches", 0)
+
+
+@contextlib.contextmanager
+def _swapped_grads(params: list[Tensor]) -> Iterator[list[Tensor | None]]:
+    """Put the accumulated gradients aside for the body, then add the body's gradients into them."""
+    accumulated = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield accumulated
+    finally:
+        acc, new = [], []
+        for p, a in zip(params, accumulated, strict=True):
+            if a is None:
+                continue
+            if p.grad is None:
+                p.grad = a
+            else:
+                acc.append(a)
+                new.append(p.grad)
+                p.grad = a
+        if acc:
+            torch._foreach_add_(acc, new)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _allreduce_mean_scalar(x: Tensor) -> Tensor:
+    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    buf = x.detach().to(backend_device, torch.float64).reshape(1)
+    dist.all_reduce(buf)
+    return buf[0] / dist.get_world_size()
+
+
+def _allreduce_mean(tensors: list[Tensor]) -> None:
+    """Average ``tensors`` across ranks in place (one flat buffer per dtype/device)."""
+    if not tensors:
+        return
+    world = dist.get_world_size()
+    by_kind: dict[tuple[Any, Any], list[Tensor]] = {}
+    for t in tensors:
+        by_kind.setdefault((t.device, t.dtype), []).append(t)
+    for group in by_kind.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        torch._foreach_copy_(group, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in group]), group,
+                                                                    strict=True)])
+
+
+def allreduce_grads(params: list[Tensor]) -> None:
+    """DDP's averaging of the accumulated gradients, done once per optimizer step."""
+    if _distributed():
+        _allreduce_mean([p.grad for p in params if p.grad is not None])
