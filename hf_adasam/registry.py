@@ -75,6 +75,21 @@ OPTIMIZERS: dict[str, OptimEntry] = {
 }
 
 
+# optim_args keys that configure the SAM step rather than the optimizer, with their types (the
+# values' defaults live in hf_adasam.sharpness); SAMTrainingArguments has each as ``sam_<key>``.
+SAM_OPTIM_ARGS: dict[str, Any] = {
+    "rho": 0.0,
+    "adaptive": False,
+    "eta": 0.0,
+    "policy": "",
+    "ae_delta": 0.0,
+    "ae_lambdas": (0.0, 0.0),
+    "looksam_k": 0,
+    "looksam_alpha": 0.0,
+    "sync_perturbation": False,
+}
+
+
 def _entry(name: str) -> OptimEntry:
     try:
         return OPTIMIZERS[str(name)]
@@ -109,24 +124,40 @@ def _convert(key: str, raw: str, default: Any) -> Any:
         ) from None
 
 
-def parse_optim_args(name: str, optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
-    """Typed optimizer kwargs from ``optim_args`` (a ``"k=v,k=v"`` string or a parsed mapping)."""
+def _split_pairs(optim_args: str | Mapping[str, str] | None) -> dict[str, str]:
     if not optim_args:
         return {}
-    if isinstance(optim_args, str):
-        pairs: dict[str, str] = {}
-        for item in filter(None, (s.strip() for s in optim_args.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"optim_args: {item!r} is not of the form key=value")
-            pairs[key.strip()] = value.strip()
-        optim_args = pairs
+    if not isinstance(optim_args, str):
+        return dict(optim_args)
+    pairs: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in optim_args.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"optim_args: {item!r} is not of the form key=value")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_sam_args(optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
+    """The SAM keys of ``optim_args`` (see :data:`SAM_OPTIM_ARGS`), typed."""
+    return {k: _convert(k, v, SAM_OPTIM_ARGS[k]) for k, v in _split_pairs(optim_args).items() if k in SAM_OPTIM_ARGS}
+
+
+def parse_optim_args(name: str, optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
+    """Typed optimizer kwargs from ``optim_args`` (a ``"k=v,k=v"`` string or a parsed mapping).
+
+    SAM keys (:data:`SAM_OPTIM_ARGS`) are skipped here: they configure the SAM step.
+    """
     knobs = _entry(name).knobs()
     out: dict[str, Any] = {}
-    for key, raw in optim_args.items():
+    for key, raw in _split_pairs(optim_args).items():
+        if key in SAM_OPTIM_ARGS:
+            continue
         if key not in knobs:
+            valid = ", ".join(sorted(knobs))
             raise ValueError(
-                f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {', '.join(sorted(knobs))}"
+                f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {valid} "
+                f"(and the SAM keys {', '.join(SAM_OPTIM_ARGS)})"
             )
         default = knobs[key]
         if default is inspect.Parameter.empty:
@@ -195,22 +226,98 @@ def _add_member(enum_cls: Any, name: str, value: str) -> None:
     enum_cls._member_names_.append(name)
 
 
+def _optim_name(args: Any) -> str:
+    return str(getattr(args.optim, "value", args.optim))
+
+
+def resolve_sam_settings(args: Any) -> dict[str, Any]:
+    """SAM settings from ``args``: ``sam_*`` fields (``SAMTrainingArguments``) over ``optim_args`` keys.
+
+    ``rho`` is resolved to a number: given, else the method's default for a name that asks for SAM
+    (``adasam``), else 0 (off). Unset knobs are left out so the method's defaults apply.
+    """
+    from .sharpness import DEFAULT_RHO
+
+    settings = parse_sam_args(getattr(args, "optim_args", None))
+    for key in SAM_OPTIM_ARGS:
+        value = getattr(args, f"sam_{key}", None)
+        if value is not None:
+            settings[key] = tuple(value) if isinstance(value, list) else value
+    adaptive = bool(settings.get("adaptive", False))
+    if settings.get("rho") is None:
+        entry = OPTIMIZERS.get(_optim_name(args))
+        settings["rho"] = DEFAULT_RHO[adaptive] if entry is not None and entry.sam else 0.0
+    from .sam_step import SAMStep
+
+    SAMStep.validate(settings)
+    return settings
+
+
+class _NeedsSAMStep:
+    """Mixed into an optimizer built for a SAM run: refuses to step unless a SAM driver runs the second pass."""
+
+    hf_adasam_sam_driver = False
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.hf_adasam_sam_driver:
+            raise RuntimeError(
+                "These TrainingArguments ask for a sharpness-aware step (optim='adasam', or rho>0 in optim_args), "
+                "whose second forward/backward pass plain transformers.Trainer does not run. Use "
+                "hf_adasam.SAMTrainer / SAMSeq2SeqTrainer, or start an unmodified script with "
+                "`python -m hf_adasam script.py ...` (or `accelerate launch -m hf_adasam script.py ...`); "
+                "optim_args='rho=0' runs the base update alone."
+            )
+        return super().step(*args, **kwargs)  # type: ignore[misc]
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded(cls: Any) -> Any:
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        return cls
+    if cls not in _GUARDED:
+        _GUARDED[cls] = type(cls.__name__, (_NeedsSAMStep, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+    return _GUARDED[cls]
+
+
 def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    name = str(getattr(ctx.args.optim, "value", ctx.args.optim))
+    name = _optim_name(ctx.args)
     return OPTIMIZERS[name].cls, optimizer_kwargs(name, ctx.args)
+
+
+def _with_sam(handler: Any) -> Any:
+    """Wrap a Trainer optimizer handler: SAM keys leave ``optim_args``; a SAM run gets a guarded class."""
+    if getattr(handler, "hf_adasam_wrapped", False):
+        return handler
+
+    def wrapped(ctx: Any) -> tuple[Any, dict[str, Any]]:
+        sam_on = resolve_sam_settings(ctx.args)["rho"] > 0
+        ctx.optim_args = {k: v for k, v in ctx.optim_args.items() if k not in SAM_OPTIM_ARGS}
+        cls, kwargs = handler(ctx)
+        return (_guarded(cls) if sam_on else cls), kwargs
+
+    wrapped.hf_adasam_wrapped = True  # type: ignore[attr-defined]
+    wrapped.__wrapped__ = handler  # type: ignore[attr-defined]
+    return wrapped
 
 
 def register() -> None:
     """Make every name in :data:`OPTIMIZERS` a valid ``TrainingArguments(optim=...)``. Idempotent.
 
     ``import hf_adasam`` calls it; call it again only after something replaced Transformers' tables.
+    Every handler (Transformers' own too) learns the SAM keys of ``optim_args``, and an optimizer built
+    for a SAM run refuses to step under a Trainer that does not run the second pass.
     """
     from transformers import trainer_optimizer
     from transformers.training_args import OptimizerNames
 
+    handlers = trainer_optimizer._OPTIMIZER_HANDLERS
     for name in OPTIMIZERS:
         _add_member(OptimizerNames, name.upper(), name)
-        trainer_optimizer._OPTIMIZER_HANDLERS[name] = _handler
+        handlers[name] = _handler
+    for key, handler in handlers.items():
+        handlers[key] = _with_sam(handler)
 
 
 def markdown_table() -> str:

@@ -18,6 +18,7 @@ the same decision.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,12 +68,28 @@ class SAMStep:
 
     @classmethod
     def build(
-        cls, *, rho: float, adaptive: bool, eta: float | None, policy: str, sync_perturbation: bool, **policy_knobs: Any
+        cls,
+        *,
+        rho: float,
+        adaptive: bool = False,
+        eta: float | None = None,
+        policy: str = "always",
+        sync_perturbation: bool = False,
+        total_steps: int = 1,
+        **policy_knobs: Any,
     ) -> SAMStep:
-        pert_kw = {"rho": rho, "adaptive": adaptive}
+        """From resolved settings (``rho``, ``adaptive``, ...; see ``registry.SAM_OPTIM_ARGS``); unset knobs
+        take the defaults of :mod:`hf_adasam.sharpness`."""
+        pert_kw: dict[str, Any] = {"rho": rho, "adaptive": adaptive}
         if eta is not None:
             pert_kw["eta"] = eta
-        return cls(Perturbation(**pert_kw), make_policy(policy, **policy_knobs), sync_perturbation)
+        return cls(Perturbation(**pert_kw), make_policy(policy or "always", total_steps=total_steps, **policy_knobs),
+                   sync_perturbation)
+
+    @classmethod
+    def validate(cls, settings: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming the knob if ``settings`` would not build."""
+        cls.build(**settings)
 
     def micro_step(
         self,
@@ -95,12 +112,13 @@ class SAMStep:
             grads = [p.grad for p in live]
             if self.sync_perturbation and _distributed():
                 _allreduce_mean(grads)
-            gnorm = self.perturbation.grad_norm(grads) / grad_scale if grads else torch.zeros(())
+            raw_norm = self.perturbation.grad_norm(grads)
+            gnorm = raw_norm / grad_scale
             gsq = gnorm.double() ** 2
             if _distributed() and not self.sync_perturbation:
                 gsq = _allreduce_mean_scalar(gsq)
             gsq_value = float(gsq)
-            finite = bool(torch.isfinite(gnorm))
+            finite = math.isfinite(gsq_value)  # replica-mean: every rank takes the same branch
             self.stats.micro_batches += 1
             self.stats.total_micro_batches += 1
             if finite:
@@ -108,7 +126,7 @@ class SAMStep:
             else:
                 self.stats.skipped += 1
             if finite and grads and self.policy.decide(t, gsq_value):
-                enorm = self.perturbation.perturb(live, grads)
+                enorm = self.perturbation.perturb(live, grads, raw_norm)
                 for p in live:
                     p.grad = None
                 try:

@@ -47,7 +47,9 @@ def test_trainer_trains_tiny_bert_with_each_registered_name(name: str, tmp_path)
     model, ds = tiny_bert(), TokenDataset()
     before = dataset_loss(model, ds)
     args = _args(tmp_path, optim=name, learning_rate=LR.get(name, 2e-3), weight_decay=0.01)
-    trainer = Trainer(model=model, args=args, train_dataset=ds)
+    # a name that asks for SAM (adasam) needs the Trainer that runs the second pass; plain Trainer refuses it
+    trainer_cls = hf_adasam.SAMTrainer if OPTIMIZERS[name].sam else Trainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds)
     trainer.train()
     opt = trainer.optimizer.optimizer  # AcceleratedOptimizer wraps the real one
     assert type(opt) is EXPECTED[name]

@@ -1,0 +1,154 @@
+r"""SET-Adam (G. Zhang 2023, "On Suppressing Range of Adaptive Stepsizes of Adam to Improve
+Generalisation Performance", arXiv 2302.01029); spec §4.
+
+Adam's moments, then three operations on each layer's second moment (a layer is one tensor of
+:math:`d_l` entries) that shrink the range of its adaptive step sizes:
+
+.. math::
+    \tilde v_l = v_l \cos^p\angle(v_l, \mathbf 1),\quad \cos\angle(v, \mathbf 1) = \textstyle\sum v / (\sqrt{d_l}\,\|v\|)
+    \quad \text{(S: down-scale)} \\
+    w_l = \sqrt{\tilde v_l / (1-\beta_2^t) + \epsilon} \quad \text{(E: } \epsilon\text{-embed)} \qquad
+    \tilde w_l = w_l - \tau \min_i w_l[i] \quad \text{(T: down-translate)} \\
+    x \leftarrow x (1 - \gamma\lambda) - \frac{\gamma}{1-\beta_1^t}\, m_t / \tilde w_l
+
+Weight decay is decoupled (spec §4). The cosine is scale-free, so it is taken on :math:`v_t`
+itself; and since :math:`w` grows with :math:`v`, :math:`\min_i w_l[i]` is :math:`w` at
+:math:`\min_i v_l[i]`, so the step needs three reductions per tensor (sum, norm, min) and one fused
+element-wise pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import KernelOptimizer, check_betas, check_common, check_range, run_kernel
+
+__all__ = ["SETAdam", "set_adam"]
+
+# floor for a layer's ||v|| in the cosine: an all-zero v (no gradient yet) gets cos = 0, not 0/0
+_TINY = 1e-30
+
+
+class SETAdam(KernelOptimizer):
+    """SET-Adam (spec §4): Adam whose per-layer second moment is down-scaled, ε-embedded and down-translated."""
+
+    state_buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0.0,
+        p: float = 2.0,
+        tau: float = 0.5,
+        *,
+        impl: str | None = None,
+    ) -> None:
+        check_common(lr, weight_decay, eps)
+        check_betas("betas", betas)
+        check_range("p", p)
+        # tau < 1 keeps the smallest entry of w~ at (1 - tau) * min w > 0: no division by zero
+        check_range("tau", tau, 0.0, 1.0, high_open=True)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, p=p, tau=tau)
+        super().__init__(params, defaults, impl)
+
+    def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
+        beta1, beta2 = group["betas"]
+        set_adam(
+            params,
+            [p.grad for p in params],
+            *self.buffers(params, *self.state_buffers),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            power=group["p"],
+            tau=group["tau"],
+            step_size=group["lr"] / (1 - beta1**step),
+            bias_correction2=1 - beta2**step,
+            impl=self.impl,
+        )
+
+
+def _single_tensor_set_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    power: float,
+    tau: float,
+    step_size: float,
+    bias_correction2: float,
+) -> None:
+    for x, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).add_(g * g * (1 - beta2))
+        # reductions in float32 at least: a bf16 sum over a large layer loses the cosine
+        v32 = v.to(torch.promote_types(v.dtype, torch.float32))
+        cos = v32.sum() / (v32.numel() ** 0.5 * v32.norm().clamp(min=_TINY))
+        scale = cos**power / bias_correction2  # S, and Adam's bias correction of v
+        w = (v * scale + eps).sqrt()  # E
+        w_min = (v32.amin() * scale + eps).sqrt()
+        x.mul_(1 - lr * weight_decay)
+        x.sub_(m / (w - w_min * tau) * step_size)  # T
+
+
+def _multi_tensor_set_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    power: float,
+    tau: float,
+    step_size: float,
+    bias_correction2: float,
+) -> None:
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    # per-layer statistics, one fused reduction each; v >= 0, so its L1 norm is its sum and its
+    # -inf norm its minimum
+    acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+    sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=acc)
+    norms = torch._foreach_norm(exp_avg_sqs, 2, dtype=acc)
+    mins = torch._foreach_norm(exp_avg_sqs, float("-inf"), dtype=acc)
+    torch._foreach_clamp_min_(norms, _TINY)
+    torch._foreach_mul_(norms, [v.numel() ** 0.5 for v in exp_avg_sqs])
+    scale = torch._foreach_div(sums, norms)  # cos
+    torch._foreach_pow_(scale, power)
+    torch._foreach_div_(scale, bias_correction2)
+    denom = torch._foreach_mul(exp_avg_sqs, scale)  # S
+    torch._foreach_add_(denom, eps)
+    torch._foreach_sqrt_(denom)  # E
+    torch._foreach_mul_(mins, scale)
+    torch._foreach_add_(mins, eps)
+    torch._foreach_sqrt_(mins)
+    torch._foreach_mul_(mins, tau)
+    torch._foreach_sub_(denom, mins)  # T
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
+
+
+def set_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+    """Functional SET-Adam over lists (params, grads, exp_avg, exp_avg_sq)."""
+    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, tensors, hyper)
