@@ -253,32 +253,35 @@ def resolve_sam_settings(args: Any) -> dict[str, Any]:
     return settings
 
 
-class _NeedsSAMStep:
-    """Mixed into an optimizer built for a SAM run: refuses to step unless a SAM driver runs the second pass."""
-
-    hf_adasam_sam_driver = False
-
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.hf_adasam_sam_driver:
-            raise RuntimeError(
-                "These TrainingArguments ask for a sharpness-aware step (optim='adasam', or rho>0 in optim_args), "
-                "whose second forward/backward pass plain transformers.Trainer does not run. Use "
-                "hf_adasam.SAMTrainer / SAMSeq2SeqTrainer, or start an unmodified script with "
-                "`python -m hf_adasam script.py ...` (or `accelerate launch -m hf_adasam script.py ...`); "
-                "optim_args='rho=0' runs the base update alone."
-            )
-        return super().step(*args, **kwargs)  # type: ignore[misc]
+_NEEDS_SAM_MESSAGE = (
+    "These TrainingArguments ask for a sharpness-aware step (optim='adasam', or rho>0 in optim_args), "
+    "whose second forward/backward pass plain transformers.Trainer does not run. Use "
+    "hf_adasam.SAMTrainer / SAMSeq2SeqTrainer, or start an unmodified script with "
+    "`python -m hf_adasam script.py ...` (or `accelerate launch -m hf_adasam script.py ...`); "
+    "optim_args='rho=0' runs the base update alone."
+)
 
 
-_GUARDED: dict[type, type] = {}
+def _refuse_without_sam_driver(opt: torch.optim.Optimizer, *_: Any) -> None:
+    if not getattr(opt, "hf_adasam_sam_driver", False):
+        raise RuntimeError(_NEEDS_SAM_MESSAGE)
 
 
-def _guarded(cls: Any) -> Any:
+def _needs_sam_driver(cls: Any) -> Any:
+    """A stand-in class for ``cls`` whose instances refuse to step unless a SAM driver (``SAMTrainer``) marks them.
+
+    Its ``__new__`` returns a plain ``cls`` with a step pre-hook, so the optimizer keeps its exact class;
+    it is a class (not a function) because Trainer calls a function handler result as a factory.
+    """
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         return cls
-    if cls not in _GUARDED:
-        _GUARDED[cls] = type(cls.__name__, (_NeedsSAMStep, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
-    return _GUARDED[cls]
+
+    def new(_stand_in: type, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        opt = cls(*args, **kwargs)
+        opt.register_step_pre_hook(_refuse_without_sam_driver)
+        return opt
+
+    return type(cls.__name__, (cls,), {"__new__": new, "__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
 def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -295,7 +298,7 @@ def _with_sam(handler: Any) -> Any:
         sam_on = resolve_sam_settings(ctx.args)["rho"] > 0
         ctx.optim_args = {k: v for k, v in ctx.optim_args.items() if k not in SAM_OPTIM_ARGS}
         cls, kwargs = handler(ctx)
-        return (_guarded(cls) if sam_on else cls), kwargs
+        return (_needs_sam_driver(cls) if sam_on else cls), kwargs
 
     wrapped.hf_adasam_wrapped = True  # type: ignore[attr-defined]
     wrapped.__wrapped__ = handler  # type: ignore[attr-defined]
@@ -309,9 +312,13 @@ def register() -> None:
     Every handler (Transformers' own too) learns the SAM keys of ``optim_args``, and an optimizer built
     for a SAM run refuses to step under a Trainer that does not run the second pass.
     """
+    import transformers.trainer
     from transformers import trainer_optimizer
     from transformers.training_args import OptimizerNames
 
+    # Trainer's own optim_args parser fails on "eps" with "not enough values to unpack"; ours says what is wrong
+    if hasattr(transformers.trainer, "_parse_optim_args"):
+        transformers.trainer._parse_optim_args = _split_pairs
     handlers = trainer_optimizer._OPTIMIZER_HANDLERS
     for name in OPTIMIZERS:
         _add_member(OptimizerNames, name.upper(), name)

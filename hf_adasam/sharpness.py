@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_RHO", "POLICIES", "AESAM", "Always", "EveryK", "LookSAM", "Perturbation", "make_policy"]
+__all__ = ["AESAM", "DEFAULT_RHO", "POLICIES", "Always", "EveryK", "LookSAM", "Perturbation", "make_policy"]
 
 # spec §1: SAM's radius, and ASAM's (indexed by ``adaptive``)
 DEFAULT_RHO: dict[bool, float] = {False: 0.05, True: 0.5}

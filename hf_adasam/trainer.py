@@ -29,27 +29,24 @@ __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SA
 SAM_STATE_NAME = "sam_state_rank{rank}.pt"
 
 
-def _sam_field(help: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SAMArgumentsMixin:
     """SAM knobs; ``None`` means "the method's default" (spec §1, §3), or ``optim_args``' value."""
 
-    sam_rho: float | None = _sam_field(
-        "SAM radius ρ. Default: 0.05 (0.5 with --sam_adaptive) for --optim adasam, else 0 (SAM off)."
-    )
-    sam_adaptive: bool | None = _sam_field("ASAM: scale the perturbation by |w|+η.")
-    sam_eta: float | None = _sam_field("ASAM's η (default 0.01).")
-    sam_policy: str | None = _sam_field("When to pay the second pass: always, ae, looksam, ae_looksam.")
-    sam_ae_delta: float | None = _sam_field("AE-SAM's EMA factor δ (default 0.9).")
-    sam_ae_lambdas: list[float] | None = _sam_field("AE-SAM's (λ1, λ2) threshold schedule (default -1 1).")
-    sam_looksam_k: int | None = _sam_field("LookSAM: a SAM step every k optimizer steps (default 5).")
-    sam_looksam_alpha: float | None = _sam_field("LookSAM's reuse weight α (default 0.7).")
-    sam_sync_perturbation: bool | None = _sam_field(
-        "Average pass-1 gradients across processes (N processes = one with N× the batch)."
-    )
+    sam_rho: float | None = field(default=None, metadata={
+        "help": "SAM radius ρ. Default: 0.05 (0.5 with --sam_adaptive) for --optim adasam, else 0 (SAM off)."})
+    sam_adaptive: bool | None = field(default=None, metadata={"help": "ASAM: scale the perturbation by |w|+η."})
+    sam_eta: float | None = field(default=None, metadata={"help": "ASAM's η (default 0.01)."})
+    sam_policy: str | None = field(default=None, metadata={
+        "help": "When to pay the second pass: always, ae, looksam, ae_looksam (default always)."})
+    sam_ae_delta: float | None = field(default=None, metadata={"help": "AE-SAM's EMA factor δ (default 0.9)."})
+    sam_ae_lambdas: list[float] | None = field(default=None, metadata={
+        "help": "AE-SAM's (λ1, λ2) threshold schedule (default -1 1)."})
+    sam_looksam_k: int | None = field(default=None, metadata={
+        "help": "LookSAM: a SAM step every k optimizer steps (default 5)."})
+    sam_looksam_alpha: float | None = field(default=None, metadata={"help": "LookSAM's reuse weight α (default 0.7)."})
+    sam_sync_perturbation: bool | None = field(default=None, metadata={
+        "help": "Average pass-1 gradients across processes (N processes = one with N× the batch)."})
 
     def sam_settings(self) -> dict[str, Any]:
         """The resolved SAM settings (``rho == 0`` means off); raises ``ValueError`` for bad values."""
@@ -70,46 +67,52 @@ class SAMSeq2SeqTrainingArguments(SAMArgumentsMixin, Seq2SeqTrainingArguments):
     """``Seq2SeqTrainingArguments`` plus the ``sam_*`` knobs."""
 
 
+def _refuse_unsupported(args: TrainingArguments, *, fsdp: bool = False, deepspeed: bool = False) -> None:
+    """Fail at start, saying what to use instead, for set-ups where the two-pass step would be wrong."""
+    if deepspeed or args.deepspeed:
+        raise ValueError(
+            "hf-adasam's SAM step does not support DeepSpeed (its backward steps the engine at the end of each "
+            "accumulation window, so there is no room for a second pass). Use DDP (torchrun/accelerate launch "
+            "without a DeepSpeed config) or a single device."
+        )
+    if fsdp or args.fsdp or (args.fsdp_config or {}).get("fsdp_version"):
+        raise ValueError(
+            "hf-adasam's SAM step does not support FSDP (under no_sync FSDP leaves p.grad empty or unsharded, so "
+            "the perturbation would be wrong or silently absent). Use DDP or a single device."
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.world_size == 1:
+        raise ValueError(
+            f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
+            "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
+        )
+
+
 class SAMTrainerMixin:
     """Mix into any ``Trainer`` subclass to make its ``training_step`` sharpness-aware."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: Any = None, args: TrainingArguments | None = None, *rest: Any, **kwargs: Any) -> None:
+        if args is not None and resolve_sam_settings(args)["rho"] > 0:
+            _refuse_unsupported(args)  # before Trainer sets up a distributed engine we would refuse anyway
+        super().__init__(model, args, *rest, **kwargs)
         self.sam_settings = resolve_sam_settings(self.args)
         self.sam: SAMStep | None = None
         if self.sam_settings["rho"] > 0:
-            self._check_supported()
+            _refuse_unsupported(self.args, fsdp=getattr(self, "is_fsdp_enabled", False),
+                                deepspeed=getattr(self, "is_deepspeed_enabled", False))
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _check_supported(self) -> None:
-        args = self.args
-        if getattr(self, "is_deepspeed_enabled", False) or args.deepspeed:
-            raise ValueError(
-                "hf-adasam's SAM step does not support DeepSpeed (its backward steps the engine at the end of each "
-                "accumulation window, so there is no room for a second pass). Use DDP (torchrun/accelerate launch "
-                "without a DeepSpeed config) or a single device."
-            )
-        if getattr(self, "is_fsdp_enabled", False) or args.fsdp or args.fsdp_config and args.fsdp_config.get("fsdp_version"):
-            raise ValueError(
-                "hf-adasam's SAM step does not support FSDP (under no_sync FSDP leaves p.grad empty or unsharded, so "
-                "the perturbation would be wrong or silently absent). Use DDP or a single device."
-            )
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and args.world_size == 1:
-            raise ValueError(
-                f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
-                "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
-            )
-
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         opt = super().create_optimizer(model)
         if self.sam_settings["rho"] > 0:
             opt.hf_adasam_sam_driver = True  # tells a SAM-requiring optimizer its second pass is run
         return opt
 
-    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
-        super().create_optimizer_and_scheduler(num_training_steps)
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        # Trainer calls this once the optimizer is final and the number of steps known (AE-SAM's T)
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
         self._build_sam(num_training_steps)
+        return scheduler
 
     def _build_sam(self, num_training_steps: int) -> None:
         s = self.sam_settings
@@ -139,7 +142,8 @@ class SAMTrainerMixin:
             return super(SAMTrainerMixin, self).training_step(model, dict(inputs), num_items_in_batch)
 
         scaler = getattr(self.accelerator, "scaler", None)
-        no_sync = model.no_sync if isinstance(model, torch.nn.parallel.DistributedDataParallel) else contextlib.nullcontext
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        no_sync = model.no_sync if ddp else contextlib.nullcontext
         loss = self.sam.micro_step(
             self._sam_params,
             backward,
@@ -160,7 +164,8 @@ class SAMTrainerMixin:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.sam is not None:
-            torch.save(self.sam.state_dict(), os.path.join(output_dir, SAM_STATE_NAME.format(rank=self.args.process_index)))
+            path = os.path.join(output_dir, SAM_STATE_NAME.format(rank=self.args.process_index))
+            torch.save(self.sam.state_dict(), path)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -170,7 +175,8 @@ class SAMTrainerMixin:
         if os.path.isfile(path):
             self.sam.load_state_dict(torch.load(path, weights_only=False))
         else:
-            logger.warning("No %s in %s: the SAM policy restarts from its initial state", os.path.basename(path), checkpoint)
+            logger.warning("No %s in %s: the SAM policy restarts from its initial state",
+                           os.path.basename(path), checkpoint)
 
 
 class SAMTrainer(SAMTrainerMixin, Trainer):

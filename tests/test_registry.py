@@ -16,8 +16,9 @@ from hf_adasam.registry import optimizer_kwargs, parse_optim_args
 
 from ._tiny import TokenDataset, dataset_loss, tiny_bert
 
-# Learning rates on each optimizer's own scale (Adai and SGD want SGD-sized steps).
-LR = {"adai": 0.5, "adaiw": 0.5, "cprop_sgd": 0.5, "adashift": 5e-3}
+# Learning rates on each optimizer's own scale (Adai and SGD want SGD-sized steps; AdaShift only stores
+# gradients for its first n=10 steps and RAdam's first 5 are un-adapted momentum steps, so 20 steps need more).
+LR = {"adai": 0.5, "adaiw": 0.5, "cprop_sgd": 0.5, "adashift": 2e-2, "radam": 3e-2}
 EXPECTED = {
     "adasam": hf_adasam.AdaSAM,
     "set_adam": hf_adasam.SETAdam,

@@ -5,8 +5,8 @@ Adam's moments, then three operations on each layer's second moment (a layer is 
 :math:`d_l` entries) that shrink the range of its adaptive step sizes:
 
 .. math::
-    \tilde v_l = v_l \cos^p\angle(v_l, \mathbf 1),\quad \cos\angle(v, \mathbf 1) = \textstyle\sum v / (\sqrt{d_l}\,\|v\|)
-    \quad \text{(S: down-scale)} \\
+    \tilde v_l = v_l \cos^p\angle(v_l, \mathbf 1),\quad
+    \cos\angle(v, \mathbf 1) = \textstyle\sum v / (\sqrt{d_l}\,\|v\|) \quad \text{(S: down-scale)} \\
     w_l = \sqrt{\tilde v_l / (1-\beta_2^t) + \epsilon} \quad \text{(E: } \epsilon\text{-embed)} \qquad
     \tilde w_l = w_l - \tau \min_i w_l[i] \quad \text{(T: down-translate)} \\
     x \leftarrow x (1 - \gamma\lambda) - \frac{\gamma}{1-\beta_1^t}\, m_t / \tilde w_l
