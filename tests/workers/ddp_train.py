@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from hf_adasam import SAMTrainer, SAMTrainingArguments  # noqa: E402
-from tests._tiny import TokenDataset, tiny_bert  # noqa: E402
+from hf_adasam import SAMTrainer, SAMTrainingArguments
+from tests._tiny import TokenDataset, tiny_bert
 
 
 def train(out_dir: str, *, batch: int, sync: bool, policy: str, steps: int = 5, optim: str = "adasam",
