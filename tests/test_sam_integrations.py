@@ -29,7 +29,8 @@ def _args(tmp_path, cls=SAMTrainingArguments, **kw):
 
 def test_lora_trains_adapters_only_and_perturbs_only_them(tmp_path) -> None:
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    model = peft.get_peft_model(tiny_bert(), config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = SAMTrainer(model=model, args=_args(tmp_path, optim="adasam"), train_dataset=TokenDataset())
     trainer.train()
