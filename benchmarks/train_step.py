@@ -1,0 +1,149 @@
+"""Seconds per optimizer step of ``SAMTrainer`` for plain AdamW and each sharpness-aware set-up.
+
+One process, one small BERT (random init, from a config), the same data; every row trains the same
+model copy for ``--steps`` optimizer steps and reports the median wall time of a step (from
+``on_step_begin`` to ``on_step_end``, so forward, backward(s), perturbation, clipping and the
+optimizer step) after ``--warmup`` steps, as a ratio to plain AdamW, with the fraction of micro-batches
+that paid the second pass. The "SAM ops" column is the part of the SAM overhead that is not the extra
+forward/backward: time inside the SAM step's own tensor work (gradient norm, perturb, bit-exact restore,
+LookSAM's g_v), per step.
+
+    python benchmarks/train_step.py                 # writes benchmarks/results/train_step_cpu.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
+
+from hf_adasam import SAMTrainer, SAMTrainingArguments
+
+RESULTS = Path(__file__).parent / "results"
+
+ROWS: dict[str, dict] = {
+    "adamw (plain)": {"optim": "adamw_torch"},
+    "SAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.05},
+    "ASAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.5, "sam_adaptive": True},
+    "adasam": {"optim": "adasam"},
+    "AE-SAM (adasam)": {"optim": "adasam", "sam_policy": "ae"},
+    "LookSAM k=5 (adasam)": {"optim": "adasam", "sam_policy": "looksam"},
+    "AE-LookSAM (adasam)": {"optim": "adasam", "sam_policy": "ae_looksam"},
+}
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.t0 = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.t0)
+
+
+class SAMOpsTimer(TrainerCallback):
+    """Wall time spent in the SAM step's own work (norms, perturb, restore, policy), outside forward/backward."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.trainer: SAMTrainer | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        sam = self.trainer.sam if self.trainer is not None else None
+        if sam is None:
+            return
+        for obj, name in ((sam.perturbation, "grad_norm"), (sam.perturbation, "perturb"), (sam.perturbation, "restore"),
+                          (sam.policy, "after_sam"), (sam.policy, "reuse")):
+            setattr(obj, name, self._timed(getattr(obj, name)))
+
+    def _timed(self, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - t0
+
+        return run
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n: int, seq: int, vocab: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, vocab, (n, seq), generator=g)
+        self.labels = (self.ids[:, 0] > vocab // 2).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--out", default=str(RESULTS / "train_step_cpu"))
+    a = ap.parse_args()
+    cfg = BertConfig(vocab_size=8000, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
+                     intermediate_size=4 * a.hidden, max_position_embeddings=a.seq, num_labels=2)
+    torch.manual_seed(0)
+    init = BertForSequenceClassification(cfg).state_dict()
+    data = Data(a.batch * (a.steps + a.warmup), a.seq, cfg.vocab_size)
+    table = []
+    for label, kw in ROWS.items():
+        model = BertForSequenceClassification(cfg)
+        model.load_state_dict(init)
+        ops = SAMOpsTimer()
+        timer = StepTimer()
+        args = SAMTrainingArguments(
+            output_dir="/tmp/hf_adasam_train_step", per_device_train_batch_size=a.batch,
+            max_steps=a.steps + a.warmup, learning_rate=1e-4, save_strategy="no", report_to=[], use_cpu=True,
+            seed=0, disable_tqdm=True, logging_steps=10_000, **kw)
+        trainer = SAMTrainer(model=model, args=args, train_dataset=data, callbacks=[timer, ops])
+        ops.trainer = trainer
+        trainer.train()
+        ts = timer.times[a.warmup:]
+        med = statistics.median(ts)
+        frac = trainer.sam.stats.total_second_passes / trainer.sam.stats.total_micro_batches if trainer.sam else 0.0
+        if not table:
+            plain_med = med
+        table.append({"setup": label, "s_per_step": med, "ratio": med / plain_med, "second_pass_fraction": frac,
+                      "sam_ops_s_per_step": ops.total / len(timer.times),
+                      "p10": sorted(ts)[len(ts) // 10], "p90": sorted(ts)[9 * len(ts) // 10]})
+        print(f"{label}: {med * 1e3:.1f} ms/step ({med / plain_med:.2f}x), second passes {frac:.2f}", flush=True)
+    nparams = sum(v.numel() for v in init.values())
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "params": nparams, "batch": a.batch, "seq": a.seq, "steps": a.steps,
+               "warmup": a.warmup}
+    lines = [f"# SAMTrainer s/step, BERT {a.layers}x{a.hidden} ({nparams / 1e6:.1f}M params), batch {a.batch}, "
+             f"seq {a.seq}, {machine['threads']} CPU threads, torch {torch.__version__}; median of {a.steps} steps", "",
+             "| set-up | ms / step | p10–p90 | × plain AdamW | second-pass fraction | SAM ops ms / step |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in table:
+        lines.append(f"| {r['setup']} | {r['s_per_step'] * 1e3:.1f} | {r['p10'] * 1e3:.0f}–{r['p90'] * 1e3:.0f} | "
+                     f"{r['ratio']:.2f} | {r['second_pass_fraction']:.2f} | {r['sam_ops_s_per_step'] * 1e3:.1f} |")
+    md = "\n".join(lines)
+    print(md)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
+    out.with_suffix(".md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
