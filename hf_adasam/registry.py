@@ -87,6 +87,7 @@ SAM_OPTIM_ARGS: dict[str, Any] = {
     "looksam_k": 0,
     "looksam_alpha": 0.0,
     "sync_perturbation": False,
+    "exact_accumulation": False,
 }
 
 

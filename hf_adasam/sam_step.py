@@ -18,8 +18,10 @@ the same decision.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .sharpness import Perturbation, make_policy
+from .sharpness import Always, Perturbation, make_policy
 
 
 @dataclass
@@ -62,8 +64,10 @@ class SAMStep:
     """Perturbation + policy + the micro-step that uses them."""
 
     perturbation: Perturbation
-    policy: Any
+    policy: Always
     sync_perturbation: bool = False
+    # SAMTrainer: one perturbation per optimizer step from the whole accumulated batch (else per micro-batch)
+    exact_accumulation: bool = False
     stats: SAMStats = field(default_factory=SAMStats)
 
     @classmethod
@@ -75,6 +79,7 @@ class SAMStep:
         eta: float | None = None,
         policy: str = "always",
         sync_perturbation: bool = False,
+        exact_accumulation: bool = False,
         total_steps: int = 1,
         **policy_knobs: Any,
     ) -> SAMStep:
@@ -84,7 +89,7 @@ class SAMStep:
         if eta is not None:
             pert_kw["eta"] = eta
         return cls(Perturbation(**pert_kw), make_policy(policy or "always", total_steps=total_steps, **policy_knobs),
-                   sync_perturbation)
+                   sync_perturbation, exact_accumulation)
 
     @classmethod
     def validate(cls, settings: dict[str, Any]) -> None:
@@ -94,7 +99,7 @@ class SAMStep:
     def micro_step(
         self,
         params: list[Tensor],
-        backward: Callable[[], Tensor],
+        backward: Callable[[], Tensor] | Sequence[Callable[[], Tensor]],
         *,
         t: int,
         grad_scale: float = 1.0,
@@ -102,12 +107,15 @@ class SAMStep:
     ) -> Tensor:
         """Run one micro-batch's passes; ``backward`` computes the loss at the current w and backprops it.
 
-        Returns the pass-1 loss. ``grad_scale`` is the fp16 GradScaler's scale (pass-1 gradients are
-        unscaled by it for the policy's statistics; the SAM direction is scale-free).
+        A sequence of ``backward`` callables is one batch in several parts (exact accumulation): pass 1
+        runs them all, the perturbation comes from their summed gradient, and pass 2 runs them all.
+        Returns the pass-1 loss (summed over the parts). ``grad_scale`` is the fp16 GradScaler's scale
+        (pass-1 gradients are unscaled by it for the policy's statistics; the SAM direction is scale-free).
         """
         with _swapped_grads(params) as accumulated:
+            parts = [backward] if callable(backward) else list(backward)
             with no_sync():
-                loss = backward()
+                loss = functools.reduce(operator.add, (part() for part in parts))
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
             if self.sync_perturbation and _distributed():
@@ -131,7 +139,8 @@ class SAMStep:
                     p.grad = None
                 try:
                     with no_sync():
-                        backward()
+                        for part in parts:
+                            part()
                 finally:
                     self.perturbation.restore(live)
                 self.stats.second_passes += 1

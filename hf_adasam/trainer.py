@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,10 @@ class SAMArgumentsMixin:
     sam_looksam_alpha: float | None = field(default=None, metadata={"help": "LookSAM's reuse weight α (default 0.7)."})
     sam_sync_perturbation: bool | None = field(default=None, metadata={
         "help": "Average pass-1 gradients across processes (N processes = one with N× the batch)."})
+    sam_exact_accumulation: bool | None = field(default=None, metadata={
+        "help": "One perturbation per optimizer step from the whole accumulated batch (batch b × accumulation k "
+                "then equals batch k·b), instead of one per micro-batch. Runs the passes at the window's last "
+                "micro-batch; the earlier ones are held until then."})
 
     def sam_settings(self) -> dict[str, Any]:
         """The resolved SAM settings (``rho == 0`` means off); raises ``ValueError`` for bad values."""
@@ -131,22 +136,30 @@ class SAMTrainerMixin:
                 stacklevel=2,
             )
         self._sam_params = [p for p in model.parameters() if p.requires_grad]
+        self._held_batches: list[dict[str, Any]] = []
 
     # -- the step -------------------------------------------------------------------------------
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
         if self.sam is None:
             return super().training_step(model, inputs, num_items_in_batch)
 
-        def backward() -> torch.Tensor:
+        def backward(batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
             # a fresh dict per pass: compute_loss pops "labels" under label smoothing
-            return super(SAMTrainerMixin, self).training_step(model, dict(inputs), num_items_in_batch)
+            return lambda: super(SAMTrainerMixin, self).training_step(model, dict(batch), num_items_in_batch)
 
+        if self.sam.exact_accumulation:
+            self._held_batches.append(inputs)
+            if not self.accelerator.sync_gradients:  # not the window's last micro-batch: wait for the rest
+                return torch.zeros((), device=self.args.device)
+            parts, self._held_batches = [backward(b) for b in self._held_batches], []
+        else:
+            parts = [backward(inputs)]
         scaler = getattr(self.accelerator, "scaler", None)
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
         no_sync = model.no_sync if ddp else contextlib.nullcontext
         loss = self.sam.micro_step(
             self._sam_params,
-            backward,
+            parts,
             t=self.state.global_step,
             grad_scale=float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0,
             no_sync=no_sync,

@@ -191,3 +191,25 @@ def test_trains_loss_down(tmp_path) -> None:
                  per_device_train_batch_size=16, learning_rate=2e-3)
     SAMTrainer(model=model, args=args, train_dataset=ds).train()
     assert dataset_loss(model, ds) < before - 0.05
+
+
+@pytest.mark.parametrize("policy", ["always", "ae"])
+def test_exact_accumulation_batch4_x2_equals_batch8_float64(policy, tmp_path) -> None:
+    ds = TokenDataset(n=48)
+
+    def run(**kw):
+        model = tiny_bert(dtype=torch.float64)
+        trainer = SAMTrainer(model=model, args=_args(tmp_path, optim="adasam", sam_policy=policy, **kw),
+                             train_dataset=ds)
+        trainer.model_accepts_loss_kwargs = False  # plain mean loss, Trainer divides by the accumulation steps
+        trainer.train()
+        return model, trainer
+
+    exact, t_exact = run(per_device_train_batch_size=4, gradient_accumulation_steps=2, sam_exact_accumulation=True)
+    big, t_big = run(per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    per_micro, _ = run(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    worst = max((a - b).abs().max().item() for a, b in zip(exact.parameters(), big.parameters(), strict=True))
+    apart = max((a - b).abs().max().item() for a, b in zip(per_micro.parameters(), big.parameters(), strict=True))
+    assert worst < 1e-10 and apart > 1e-6, (worst, apart)  # the default per-micro-batch mode is another method
+    assert t_exact.sam.stats.total_micro_batches == t_big.sam.stats.total_micro_batches == 3  # one decision a step
+    assert t_exact.sam.stats.total_second_passes == t_big.sam.stats.total_second_passes
