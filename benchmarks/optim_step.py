@@ -1,9 +1,14 @@
-"""ms per ``optimizer.step()`` for every hf-adasam optimizer against ``torch.optim.AdamW``.
+"""ms per ``optimizer.step()`` for every hf-adasam optimizer against ``torch.optim.AdamW`` and peers.
 
 All optimizers live in one process over the same BERT-shaped parameter list (MiniLM-L6: 103
 tensors, 22.7M parameters, or BERT-base with ``--size 110m``) and are stepped interleaved, so
 machine noise hits every row alike. Each row reports the median of ``--steps`` timed steps after
 ``--warmup`` untimed ones (which include the one-off compile, reported separately).
+
+Besides AdamW (fused, foreach) the rows include ``torch.optim.Adam(amsgrad=True)`` and the
+``pytorch_optimizer`` version of a method where one exists (``--peers``; needs the ``bench`` extra).
+The run also measures the machine's copy bandwidth, and each row's memory-traffic floor: the fp32
+arrays the algorithm must read and write per element per step (``TRAFFIC``) × params × 4 bytes / bandwidth.
 
     python benchmarks/optim_step.py                  # compiled + foreach rows, 22.7M params
     python benchmarks/optim_step.py --impls foreach  # eager only (no compile wait)
@@ -29,6 +34,41 @@ RESULTS = Path(__file__).parent / "results"
 # knobs per name where the default would leave the step idle or is not a fair comparison
 EXTRA: dict[str, dict] = {"adai": {"lr": 0.1}, "adaiw": {"lr": 0.1}, "cprop_sgd": {"lr": 0.1, "momentum": 0.9}}
 
+# fp32 arrays read + written per element per step by the least-traffic schedule of each algorithm
+# (p and g read, p written, each state buffer read and written; two-pass algorithms read again)
+TRAFFIC: dict[str, int] = {
+    "adamw": 7,  # p r/w, g r, m r/w, v r/w
+    "amsgrad": 9,  # + v_max r/w
+    "adasam": 9,  # AMSGrad's
+    "set_adam": 9,  # pass 1: g, v r (reductions of v_t); pass 2: p r/w, g r, m r/w, v r/w
+    "radam": 7,
+    "adai": 11,  # pass 1: g r, v r/w (global mean); pass 2: p r/w, g r, m r/w, v r, 1-P_t r/w
+    "adaiw": 11,
+    "adashift": 8,  # pass 1: max of the leaving gradient; pass 2: p r/w, g r, m r/w, window slot r/w
+    "cprop_adam": 11,  # p r/w, g r, m, v, mu, M r/w
+    "cprop_sgd": 9,  # p r/w, g r, buffer, mu, M r/w
+    "generic_adam": 7,
+}
+# the pytorch_optimizer class of the same method, with its knobs for the same algorithm as ours
+PEERS: dict[str, tuple[str, dict]] = {
+    "radam": ("RAdam", {}),
+    "adai": ("Adai", {"lr": 0.1}),
+    "adaiw": ("Adai", {"lr": 0.1, "weight_decouple": True}),
+    "adashift": ("AdaShift", {}),
+}
+
+
+def copy_bandwidth(numel: int = 64 * 2**20, repeats: int = 20) -> float:
+    """Bytes per second of ``dst.copy_(src)`` (read + write) on fp32 buffers much larger than the caches."""
+    src, dst = torch.randn(numel), torch.empty(numel)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * numel * 4 / statistics.median(times)
+
 
 def bert_shapes(size: str) -> list[tuple[int, ...]]:
     h, layers, inter = {"22m": (384, 6, 1536), "110m": (768, 12, 3072)}[size]
@@ -46,6 +86,8 @@ def main() -> None:
     ap.add_argument("--impls", default="compiled,foreach")
     ap.add_argument("--names", default=",".join(hf_adasam.OPTIMIZERS))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--peers", default="true", choices=["true", "false"],
+                    help="also time torch's AMSGrad and pytorch_optimizer's version of each method")
     ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/optim_step_<size>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,8 +110,16 @@ def main() -> None:
 
     rows: dict[str, Callable[[], None]] = {}
     compile_s: dict[str, float] = {}
+    traffic: dict[str, int] = {}
     rows["AdamW fused"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, fused=True).step
     rows["AdamW foreach"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, foreach=True).step
+    traffic["AdamW fused"] = traffic["AdamW foreach"] = TRAFFIC["adamw"]
+    baselines = ["AdamW fused", "AdamW foreach"]
+    if args.peers == "true":
+        rows["Adam amsgrad (torch foreach)"] = torch.optim.Adam(decay_groups(params()), lr=1e-3, amsgrad=True,
+                                                                 foreach=True).step
+        traffic["Adam amsgrad (torch foreach)"] = TRAFFIC["amsgrad"]
+        baselines.append("Adam amsgrad (torch foreach)")
     for name in args.names.split(","):
         for impl in args.impls.split(","):
             kw = dict(EXTRA.get(name, {}))
@@ -89,7 +139,20 @@ def main() -> None:
             compile_s[label] = time.perf_counter() - t0
             print(f"warm-up {label}: {compile_s[label]:.1f} s", flush=True)
             rows[label] = opt.step
-    for label in ("AdamW fused", "AdamW foreach"):
+            traffic[label] = TRAFFIC[name]
+        if args.peers == "true" and name in PEERS:
+            import pytorch_optimizer
+
+            cls_name, kw = PEERS[name]
+            label = f"{name} (pytorch_optimizer.{cls_name})"
+            opt = getattr(pytorch_optimizer, cls_name)(decay_groups(params()), **{"lr": 1e-3, **kw})
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                opt.step()
+            compile_s[label] = time.perf_counter() - t0
+            rows[label] = opt.step
+            traffic[label] = TRAFFIC[name]
+    for label in baselines:
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             rows[label]()
@@ -102,23 +165,30 @@ def main() -> None:
             step()
             times[label].append(time.perf_counter() - t0)
 
+    bandwidth = copy_bandwidth()
     ref = statistics.median(times["AdamW fused"])
     table = []
     for label, ts in times.items():
         med = statistics.median(ts)
+        floor = traffic[label] * numel * 4 / bandwidth
         table.append({"optimizer": label, "ms_median": med * 1e3, "vs_adamw_fused": med / ref,
+                      "arrays_per_element": traffic[label], "floor_ms": floor * 1e3, "vs_floor": med / floor,
                       "ms_p10": sorted(ts)[len(ts) // 10] * 1e3, "ms_p90": sorted(ts)[9 * len(ts) // 10] * 1e3,
                       "warmup_s": compile_s[label]})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(), "numel": numel,
-               "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup}
+               "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup,
+               "copy_bandwidth_GBps": bandwidth / 1e9}
     lines = [f"# optimizer.step() on {numel / 1e6:.1f}M params ({len(shapes)} tensors), "
-             f"{machine['threads']} threads, torch {torch.__version__}", "",
-             "| optimizer | ms / step (median) | p10–p90 | × AdamW fused | warm-up s (incl. compile) |",
-             "|---|---:|---:|---:|---:|"]
+             f"{machine['threads']} threads, torch {torch.__version__}; copy bandwidth "
+             f"{bandwidth / 1e9:.1f} GB/s", "",
+             "| optimizer | ms / step (median) | p10–p90 | × AdamW fused | arrays r+w | floor ms | × floor | "
+             "warm-up s (incl. compile) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         lines.append(f"| {r['optimizer']} | {r['ms_median']:.1f} | {r['ms_p10']:.1f}–{r['ms_p90']:.1f} | "
-                     f"{r['vs_adamw_fused']:.2f} | {r['warmup_s']:.1f} |")
+                     f"{r['vs_adamw_fused']:.2f} | {r['arrays_per_element']} | {r['floor_ms']:.1f} | "
+                     f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} |")
     md = "\n".join(lines)
     print(md)
     stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}"
