@@ -169,6 +169,21 @@ def write_model_card(output_dir: str, info: CardInfo, trainer: Any) -> Path:
     return path
 
 
-def keep_card_on_push(trainer: Any) -> None:
-    """Trainer.push_to_hub writes its own card first; keep ours (already in output_dir/README.md)."""
-    trainer.create_model_card = lambda *args, **kwargs: None
+def train_and_save(trainer: Any) -> float | None:
+    """With ``--do_train``: train (resuming if asked), save the model, train metrics and state; the wall time."""
+    args = trainer.args
+    if not args.do_train:
+        return None
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics["train_runtime"]
+
+
+def push_with_card(trainer: Any) -> None:
+    """With ``--push_to_hub``: Trainer's own push, keeping our card (Trainer would write its own README first)."""
+    if trainer.args.push_to_hub:
+        trainer.create_model_card = lambda *args, **kwargs: None
+        trainer.push_to_hub()

@@ -32,10 +32,11 @@ from common import (
     CardInfo,
     RecipeError,
     clean_on_failure,
-    keep_card_on_push,
     parse_args,
+    push_with_card,
     resolve_model,
     run_main,
+    train_and_save,
     write_model_card,
 )
 
@@ -260,14 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             eval_dataset=encoded[task.eval_splits[0]], processing_class=tokenizer, data_collator=collator,
             compute_metrics=make_compute_metrics(data_args.task_name),
         )
-        runtime = None
-        if training_args.do_train:
-            result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-            runtime = result.metrics["train_runtime"]
-            trainer.save_model()
-            trainer.log_metrics("train", result.metrics)
-            trainer.save_metrics("train", result.metrics)
-            trainer.save_state()
+        runtime = train_and_save(trainer)
         metrics: dict[str, float] = {}
         if training_args.do_eval:
             for split in task.eval_splits:
@@ -289,9 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     metrics={k: float(v) for k, v in headline.items()}, train_runtime_s=runtime,
                     command="python recipes/glue/run_glue.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                 ), trainer)
-        if training_args.push_to_hub:
-            keep_card_on_push(trainer)
-            trainer.push_to_hub()
+        push_with_card(trainer)
     return metrics
 
 

@@ -30,10 +30,11 @@ from common import (
     CardInfo,
     RecipeError,
     clean_on_failure,
-    keep_card_on_push,
     parse_args,
+    push_with_card,
     resolve_model,
     run_main,
+    train_and_save,
     write_model_card,
 )
 
@@ -181,14 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8),
             compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         )
-        runtime = None
-        if training_args.do_train:
-            result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-            runtime = result.metrics["train_runtime"]
-            trainer.save_model()
-            trainer.log_metrics("train", result.metrics)
-            trainer.save_metrics("train", result.metrics)
-            trainer.save_state()
+        runtime = train_and_save(trainer)
         metrics: dict[str, float] = {}
         if training_args.do_eval:
             metrics = trainer.evaluate(max_length=gen_len, num_beams=data_args.num_beams, metric_key_prefix="eval")
@@ -210,9 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     command="python recipes/translation/run_translation.py "
                     + shlex.join(sys.argv[1:] if argv is None else argv),
                 ), trainer)
-        if training_args.push_to_hub:
-            keep_card_on_push(trainer)
-            trainer.push_to_hub()
+        push_with_card(trainer)
     return metrics
 
 
