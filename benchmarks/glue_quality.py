@@ -41,7 +41,7 @@ OPTIMIZERS: dict[str, list[str]] = {
 }
 # CPU: one MiniLM step at batch 16 / length 128 is ~1 s here, so the sweep is trimmed to about two hours
 BUDGETS: dict[str, list[str]] = {
-    "cpu": ["--max_seq_length", "64", "--max_train_samples", "2000", "--num_train_epochs", "2"],
+    "cpu": ["--max_seq_length", "64", "--max_train_samples", "1500", "--num_train_epochs", "2"],
     "full": ["--max_seq_length", "128", "--num_train_epochs", "3"],
 }
 COMMON = ["--model_name_or_path", "minilm", "--data_dir", str(GLUE_DIR), "--do_train", "--do_eval",
