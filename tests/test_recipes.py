@@ -181,6 +181,18 @@ def test_glue_recipe_trains_writes_metrics_card_and_a_checkpoint_that_reloads(ti
 
 
 @pytest.mark.slow
+def test_glue_recipe_trains_the_regression_task_stsb(tiny_bert_dir, tmp_path) -> None:
+    # the tiny checkpoint has a 2-label head: as with any classifier checkpoint, a regression head replaces it
+    metrics = run_glue.main(_glue_flags(tiny_bert_dir, tmp_path / "stsb", "stsb", "--optim", "adamw_torch",
+                                        "--ignore_mismatched_sizes", "true"))
+    assert {"eval_pearson", "eval_spearmanr"} <= set(metrics)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tmp_path / "stsb")
+    assert cfg.num_labels == 1 and cfg.problem_type == "regression"
+
+
+@pytest.mark.slow
 def test_translation_recipe_trains_tiny_t5_and_reports_sacrebleu_bleu_and_chrf(tmp_path) -> None:
     pytest.importorskip("sacrebleu")
     pytest.importorskip("sentencepiece")

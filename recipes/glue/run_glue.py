@@ -81,6 +81,8 @@ class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "Checkpoint path or Hub id; 'minilm' = the packaged MiniLM-L6."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "Load a checkpoint whose classifier head has another number of labels (the head is re-initialised)."})
 
 
 @dataclass
@@ -240,10 +242,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         num_labels = 1 if task.labels is None else len(task.labels)
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path,
                                                   cache_dir=model_args.cache_dir)
+        # label names only for classification: an explicit id2label=None would override num_labels=1
+        names = {} if task.labels is None else {"id2label": dict(enumerate(task.labels)),
+                                               "label2id": {n: i for i, n in enumerate(task.labels)}}
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=num_labels, cache_dir=model_args.cache_dir,
-            id2label={i: n for i, n in enumerate(task.labels)} if task.labels else None,
-            label2id={n: i for i, n in enumerate(task.labels)} if task.labels else None,
+            model_path, num_labels=num_labels, cache_dir=model_args.cache_dir, **names,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
             problem_type="regression" if task.labels is None else "single_label_classification",
         )
 
