@@ -187,9 +187,8 @@ class LookSAM(Always):
     @torch.no_grad()
     def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor]) -> None:
         proj = _dot(grads, sam_grads) / global_norm(grads).square().clamp(min=_NORM_EPS**2)
-        g_v = [gs.clone() for gs in sam_grads]
-        torch._foreach_sub_(g_v, torch._foreach_mul(list(grads), proj.to(grads[0].dtype)))
-        self.g_v = g_v
+        # out-of-place: g_v is new memory, g_sam stays the step's direction
+        self.g_v = torch._foreach_sub(list(sam_grads), torch._foreach_mul(list(grads), proj.to(grads[0].dtype)))
 
     @torch.no_grad()
     def reuse(self, grads: list[Tensor]) -> None:
