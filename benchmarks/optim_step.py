@@ -12,15 +12,27 @@ arrays the algorithm must read and write per element per step (``TRAFFIC``) × p
 
     python benchmarks/optim_step.py                  # compiled + foreach rows, 22.7M params
     python benchmarks/optim_step.py --impls foreach  # eager only (no compile wait)
+    python benchmarks/optim_step.py --size 110m --impls compiled   # BERT-base, in memory-sized groups
+
+When every row at once would not fit in ``--mem-gb`` (at 110M parameters AdaShift alone holds 12
+copies of the model, its own and pytorch_optimizer's 25), the methods are packed into groups that do,
+and each group runs in its own process with the AdamW / AMSGrad baselines beside it; every row is
+then reported against the AdamW fused of its own process, and a method and its pytorch_optimizer
+peer always share a process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,12 +86,101 @@ def copy_bandwidth(numel: int = 64 * 2**20, repeats: int = 20) -> float:
     return 3 * numel * 4 / statistics.median(times)
 
 
+def state_arrays(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> float:
+    """Copies of the parameters an optimizer keeps as state, read off a small probe after a dozen steps.
+
+    (A dozen covers AdaShift's window of n = 10 past gradients, which fills one step at a time.)
+    """
+    p = torch.zeros(16, 16, requires_grad=True)
+    opt = make([p])
+    for i in range(12):
+        p.grad = torch.full_like(p, 1e-3 * (i + 1))
+        opt.step()
+
+    def numel(x: object) -> int:
+        if isinstance(x, torch.Tensor):
+            return x.numel() if x.numel() > 1 else 0  # step counters and scalars are not arrays
+        if isinstance(x, (list, tuple, deque)):
+            return sum(numel(v) for v in x)
+        if isinstance(x, dict):
+            return sum(numel(v) for v in x.values())
+        return 0
+
+    return sum(numel(st) for st in opt.state.values()) / p.numel()
+
+
 def bert_shapes(size: str) -> list[tuple[int, ...]]:
     h, layers, inter = {"22m": (384, 6, 1536), "110m": (768, 12, 3072)}[size]
     shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
     for _ in range(layers):
         shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (inter, h), (inter,), (h, inter), (h,), (h,), (h,)]
     return [*shapes, (h, h), (h,)]
+
+
+def make_ours(name: str, impl: str, ps: list | list[dict]) -> torch.optim.Optimizer:
+    kw = dict(EXTRA.get(name, {}))
+    if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
+        kw["foreach"] = True
+    else:
+        kw["impl"] = impl
+    kw.setdefault("lr", 1e-3)
+    return create_optimizer(name, ps, **kw)
+
+
+def make_peer(name: str, ps: list | list[dict]) -> torch.optim.Optimizer:
+    import pytorch_optimizer
+
+    cls_name, kw = PEERS[name]
+    return getattr(pytorch_optimizer, cls_name)(ps, **{"lr": 1e-3, **kw})
+
+
+def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
+    """Pack the methods into groups whose rows (with the baselines) fit in ``--mem-gb``."""
+    bytes_per_copy = numel * 4
+    baseline = (1 + 2) * 2 + 1  # two AdamW rows: params + m + v each, plus the shared grads
+    if args.peers == "true":
+        baseline += 1 + 3  # AMSGrad: params + m + v + v_max
+    cost = {}
+    for name in args.names.split(","):
+        n_rows = 1 if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam else len(args.impls.split(","))
+        arrays = n_rows * (1 + state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps)))
+        if args.peers == "true" and name in PEERS:
+            arrays += 1 + state_arrays(lambda ps, n=name: make_peer(n, ps))
+        cost[name] = arrays
+    budget = args.mem_gb * 2**30 / bytes_per_copy - baseline
+    groups: list[list[str]] = []
+    used: list[float] = []
+    for name, arrays in cost.items():  # first fit; a method too big for any group gets its own
+        i = next((i for i, u in enumerate(used) if u + arrays <= budget), len(groups))
+        if i == len(groups):
+            groups.append([])
+            used.append(0.0)
+        groups[i].append(name)
+        used[i] += arrays
+    return groups
+
+
+def run_groups(args: argparse.Namespace, groups: list[list[str]]) -> dict:
+    """One process per group; rows keep their own process's AdamW fused as reference."""
+    merged: dict = {"rows": [], "groups": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, names in enumerate(groups):
+            stem = Path(tmp) / f"group{i}"
+            cmd = [sys.executable, __file__, "--size", args.size, "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--impls", args.impls, "--names", ",".join(names), "--threads",
+                   str(args.threads), "--peers", args.peers, "--out", str(stem), "--mem-gb", "inf"]
+            print(f"group {i + 1}/{len(groups)}: {', '.join(names)}", flush=True)
+            subprocess.run(cmd, check=True)
+            res = json.loads(stem.with_suffix(".json").read_text())
+            ref = next(r for r in res["rows"] if r["optimizer"] == "AdamW fused")
+            merged["groups"].append({"names": names, "adamw_fused_ms": ref["ms_median"],
+                                     "copy_bandwidth_GBps": res["machine"]["copy_bandwidth_GBps"]})
+            for r in res["rows"]:
+                if i == 0 or not r["optimizer"].startswith(("AdamW ", "Adam amsgrad")):
+                    merged["rows"].append({**r, "group": i + 1})
+            merged["machine"] = res["machine"]
+    merged["machine"]["copy_bandwidth_GBps"] = statistics.median(g["copy_bandwidth_GBps"] for g in merged["groups"])
+    return merged
 
 
 def main() -> None:
@@ -92,10 +193,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--peers", default="true", choices=["true", "false"],
                     help="also time torch's AMSGrad and pytorch_optimizer's version of each method")
+    ap.add_argument("--mem-gb", type=float, default=14.0,
+                    help="memory the rows of one process may hold; more rows than fit run in groups")
     ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/optim_step_<size>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}"
+    numel = sum(math.prod(s) for s in bert_shapes(args.size))
+    groups = plan_groups(args, numel) if math.isfinite(args.mem_gb) else [args.names.split(",")]
+    if len(groups) > 1:
+        write(stem, run_groups(args, groups))
+        return
+    write(stem, measure(args))
 
+
+def measure(args: argparse.Namespace) -> dict:
     shapes = bert_shapes(args.size)
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=g) * 1e-3 for s in shapes]
@@ -126,17 +238,13 @@ def main() -> None:
         baselines.append("Adam amsgrad (torch foreach)")
     for name in args.names.split(","):
         for impl in args.impls.split(","):
-            kw = dict(EXTRA.get(name, {}))
             if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
                 if impl != args.impls.split(",")[0]:
                     continue
-                kw["foreach"] = True
                 label = f"{name} (torch.optim.RAdam foreach)"
             else:
-                kw["impl"] = impl
                 label = f"{name} {impl}"
-            kw.setdefault("lr", 1e-3)
-            opt = create_optimizer(name, decay_groups(params()), **kw)
+            opt = make_ours(name, impl, decay_groups(params()))
             t0 = time.perf_counter()
             for _ in range(args.warmup):
                 opt.step()
@@ -145,11 +253,8 @@ def main() -> None:
             rows[label] = opt.step
             traffic[label] = TRAFFIC[name]
         if args.peers == "true" and name in PEERS:
-            import pytorch_optimizer
-
-            cls_name, kw = PEERS[name]
-            label = f"{name} (pytorch_optimizer.{cls_name})"
-            opt = getattr(pytorch_optimizer, cls_name)(decay_groups(params()), **{"lr": 1e-3, **kw})
+            label = f"{name} (pytorch_optimizer.{PEERS[name][0]})"
+            opt = make_peer(name, decay_groups(params()))
             t0 = time.perf_counter()
             for _ in range(args.warmup):
                 opt.step()
@@ -183,21 +288,32 @@ def main() -> None:
                "torch": torch.__version__, "python": platform.python_version(), "numel": numel,
                "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup,
                "copy_bandwidth_GBps": bandwidth / 1e9}
-    lines = [f"# optimizer.step() on {numel / 1e6:.1f}M params ({len(shapes)} tensors), "
-             f"{machine['threads']} threads, torch {torch.__version__}; copy bandwidth "
-             f"{bandwidth / 1e9:.1f} GB/s", "",
-             "| optimizer | ms / step (median) | p10–p90 | × AdamW fused | arrays r+w | floor ms | × floor | "
-             "warm-up s (incl. compile) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return {"machine": machine, "rows": table}
+
+
+def write(stem: Path, result: dict) -> None:
+    machine, table, groups = result["machine"], result["rows"], result.get("groups")
+    lines = [f"# optimizer.step() on {machine['numel'] / 1e6:.1f}M params ({machine['tensors']} tensors), "
+             f"{machine['threads']} threads, torch {machine['torch']}; copy bandwidth "
+             f"{machine['copy_bandwidth_GBps']:.1f} GB/s", ""]
+    if groups:
+        lines += [f"Rows ran in {len(groups)} processes (memory); each is against its own process's AdamW fused:",
+                  ""]
+        lines += [f"- group {i + 1}: {', '.join(g['names'])} — AdamW fused {g['adamw_fused_ms']:.1f} ms, "
+                  f"copy bandwidth {g['copy_bandwidth_GBps']:.1f} GB/s" for i, g in enumerate(groups)]
+        lines.append("")
+    group_col = " group |" if groups else ""
+    lines += ["| optimizer | ms / step (median) | p10–p90 | × AdamW fused | arrays r+w | floor ms | × floor | "
+              "warm-up s (incl. compile) |" + group_col,
+              "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if groups else "")]
     for r in table:
         lines.append(f"| {r['optimizer']} | {r['ms_median']:.1f} | {r['ms_p10']:.1f}–{r['ms_p90']:.1f} | "
                      f"{r['vs_adamw_fused']:.2f} | {r['arrays_per_element']} | {r['floor_ms']:.1f} | "
-                     f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} |")
+                     f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} |" + (f" {r['group']} |" if groups else ""))
     md = "\n".join(lines)
     print(md)
-    stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(md + "\n")
 
 

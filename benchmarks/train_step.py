@@ -9,6 +9,12 @@ paid the second pass. "SAM ops" is the part of the SAM overhead that is not the 
 forward/backward: time inside the SAM step's own tensor work (gradient norm, perturb, bit-exact
 restore, LookSAM's g_v), per step.
 
+Two rows are not hf-adasam set-ups but yardsticks for it: "two passes, no perturbation" runs the
+plain step's forward/backward twice and nothing else (the floor any two-pass SAM step sits on), and
+"pytorch_optimizer SAM over AdamW" is that package's SAM (its defaults) driven from ``Trainer``:
+pass 1, ``first_step``, pass 2, and Trainer's ``optimizer.step()`` as its ``second_step``.
+Rows run round-robin ``--rounds`` times and pool their steps, so slow drift of the machine is shared.
+
     python benchmarks/train_step.py                 # writes benchmarks/results/train_step_cpu.{json,md}
 """
 
@@ -22,14 +28,45 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback
 
 from hf_adasam import SAMTrainer, SAMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
 
+class TwoPassTrainer(Trainer):
+    """Yardstick: the plain step with its forward/backward run twice at the same weights, nothing more."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, dict(inputs), num_items_in_batch)
+        super().training_step(model, dict(inputs), num_items_in_batch)
+        return loss
+
+
+class PeerSAMTrainer(Trainer):
+    """Yardstick: ``pytorch_optimizer.SAM`` over AdamW as its docs drive it, inside ``Trainer``."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, dict(inputs), num_items_in_batch)
+        getattr(self.optimizer, "optimizer", self.optimizer).first_step(zero_grad=True)
+        super().training_step(model, dict(inputs), num_items_in_batch)
+        return loss  # Trainer clips, then optimizer.step() = second_step: restore w, AdamW step
+
+
+def peer_sam(lr: float) -> tuple[type, dict]:
+    from pytorch_optimizer import SAM
+
+    class TrainerDrivenSAM(SAM):
+        def step(self, closure=None):
+            self.second_step()
+
+    return TrainerDrivenSAM, {"base_optimizer": torch.optim.AdamW, "rho": 0.05, "lr": lr}
+
+
 ROWS: dict[str, dict] = {
     "adamw (plain)": {"optim": "adamw_torch"},
+    "two passes, no perturbation (yardstick)": {"optim": "adamw_torch", "trainer": TwoPassTrainer},
+    "pytorch_optimizer SAM over AdamW (yardstick)": {"optim": "adamw_torch", "trainer": PeerSAMTrainer},
     "SAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.05},
     "ASAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.5, "sam_adaptive": True},
     "adasam": {"optim": "adasam"},
@@ -98,6 +135,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin repeats of every row (steps pooled)")
     ap.add_argument("--out", default=str(RESULTS / "train_step_cpu"))
     a = ap.parse_args()
     cfg = BertConfig(vocab_size=8000, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
@@ -105,10 +143,15 @@ def main() -> None:
     torch.manual_seed(0)
     init = BertForSequenceClassification(cfg).state_dict()
     data = Data(a.batch * (a.steps + a.warmup), a.seq, cfg.vocab_size)
-    table = []
+    times: dict[str, list[float]] = {label: [] for label in ROWS}
+    ops_s: dict[str, float] = dict.fromkeys(ROWS, 0.0)
+    second: dict[str, list[int]] = {label: [0, 0] for label in ROWS}
     # the first training run in a process pays one-off costs (thread pools, allocator growth, the
     # inductor cache): run plain AdamW once untimed so the baseline row is not inflated by them
-    for label, kw in [("warm-up", ROWS["adamw (plain)"]), *ROWS.items()]:
+    plan = [("warm-up", ROWS["adamw (plain)"])] + [item for _ in range(a.rounds) for item in ROWS.items()]
+    for label, row in plan:
+        kw = {k: v for k, v in row.items() if k != "trainer"}
+        trainer_cls = row.get("trainer", SAMTrainer)
         model = BertForSequenceClassification(cfg)
         model.load_state_dict(init)
         ops = SAMOpsTimer()
@@ -117,30 +160,37 @@ def main() -> None:
             output_dir="/tmp/hf_adasam_train_step", per_device_train_batch_size=a.batch,
             max_steps=a.steps + a.warmup, learning_rate=1e-4, save_strategy="no", report_to=[], use_cpu=True,
             seed=0, disable_tqdm=True, logging_steps=10_000, **kw)
-        trainer = SAMTrainer(model=model, args=args, train_dataset=data, callbacks=[timer, ops])
-        ops.trainer = trainer
+        extra = {"optimizer_cls_and_kwargs": peer_sam(args.learning_rate)} if trainer_cls is PeerSAMTrainer else {}
+        trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[timer, ops], **extra)
+        ops.trainer = trainer if isinstance(trainer, SAMTrainer) else None
         trainer.train()
         if label == "warm-up":
             continue
-        ts = timer.times[a.warmup:]
-        med = statistics.median(ts)
-        mean = statistics.fmean(ts)  # the cost of a policy that mixes one- and two-pass steps
-        frac = trainer.sam.stats.total_second_passes / trainer.sam.stats.total_micro_batches if trainer.sam else 0.0
-        if not table:
-            plain_med, plain_mean = med, mean
+        times[label] += timer.times[a.warmup:]
+        ops_s[label] += ops.total / len(timer.times) / a.rounds
+        sam = getattr(trainer, "sam", None)
+        if sam is not None:
+            second[label][0] += sam.stats.total_second_passes
+            second[label][1] += sam.stats.total_micro_batches
+        elif trainer_cls in (TwoPassTrainer, PeerSAMTrainer):
+            second[label] = [1, 1]  # the yardsticks always pay two passes
+        print(f"{label}: {statistics.fmean(timer.times[a.warmup:]) * 1e3:.1f} ms/step mean", flush=True)
+    table = []
+    plain_med, plain_mean = statistics.median(times["adamw (plain)"]), statistics.fmean(times["adamw (plain)"])
+    for label, ts in times.items():
+        med, mean = statistics.median(ts), statistics.fmean(ts)  # mean: the cost of a policy mixing step kinds
+        frac = second[label][0] / second[label][1] if second[label][1] else 0.0
         table.append({"setup": label, "s_per_step": med, "ratio": med / plain_med, "s_per_step_mean": mean,
                       "ratio_mean": mean / plain_mean, "second_pass_fraction": frac,
-                      "sam_ops_s_per_step": ops.total / len(timer.times),
+                      "sam_ops_s_per_step": ops_s[label], "steps_timed": len(ts),
                       "p10": sorted(ts)[len(ts) // 10], "p90": sorted(ts)[9 * len(ts) // 10]})
-        print(f"{label}: {mean * 1e3:.1f} ms/step mean ({mean / plain_mean:.2f}x), median {med / plain_med:.2f}x, "
-              f"second passes {frac:.2f}", flush=True)
     nparams = sum(v.numel() for v in init.values())
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "params": nparams, "batch": a.batch, "seq": a.seq, "steps": a.steps,
-               "warmup": a.warmup}
+               "warmup": a.warmup, "rounds": a.rounds}
     lines = [f"# SAMTrainer s/step, BERT {a.layers}x{a.hidden} ({nparams / 1e6:.1f}M params), batch {a.batch}, "
              f"seq {a.seq}, {machine['threads']} CPU threads, torch {torch.__version__}; {a.steps} steps after "
-             f"{a.warmup} warm-up", "",
+             f"{a.warmup} warm-up, {a.rounds} rounds pooled", "",
              "| set-up | ms / step (mean) | × plain (mean) | ms / step (median) | × plain (median) | p10–p90 ms | "
              "second-pass fraction | SAM ops ms / step |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
