@@ -60,7 +60,11 @@ TRAFFIC: dict[str, int] = {
     "cprop_adam": 11,  # p r/w, g r, m, v, mu, M r/w
     "cprop_sgd": 9,  # p r/w, g r, buffer, mu, M r/w
     "generic_adam": 7,
+    # SAM's own tensor work over AdamW: AdamW's 7 + ‖g‖ (g r) + save w (p r, copy w) + w += ρ g/‖g‖ (p r/w, g r)
+    # + restore (copy r, p w); the forward/backward passes are not part of an optimizer's step
+    "sam": 15,
 }
+SAM = "sam"  # pseudo-name in --names: the SAM step's tensor work over AdamW fused, ours and pytorch_optimizer's
 # the pytorch_optimizer class of the same method, with its knobs for the same algorithm as ours
 PEERS: dict[str, tuple[str, dict]] = {
     "radam": ("RAdam", {}),
@@ -142,6 +146,9 @@ def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
         baseline += 1 + 3  # AMSGrad: params + m + v + v_max
     cost = {}
     for name in args.names.split(","):
+        if name == SAM:  # params + AdamW's m, v + the saved copy of w, for ours and the peer
+            cost[name] = 4.0 * (2 if args.peers == "true" else 1)
+            continue
         n_rows = 1 if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam else len(args.impls.split(","))
         arrays = n_rows * (1 + state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps)))
         if args.peers == "true" and name in PEERS:
@@ -189,7 +196,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--impls", default="compiled,foreach")
-    ap.add_argument("--names", default=",".join(hf_adasam.OPTIMIZERS))
+    ap.add_argument("--names", default=",".join([*hf_adasam.OPTIMIZERS, SAM]))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--peers", default="true", choices=["true", "false"],
                     help="also time torch's AMSGrad and pytorch_optimizer's version of each method")
@@ -236,7 +243,41 @@ def measure(args: argparse.Namespace) -> dict:
                                                                  foreach=True).step
         traffic["Adam amsgrad (torch foreach)"] = TRAFFIC["amsgrad"]
         baselines.append("Adam amsgrad (torch foreach)")
+    def set_grads(ps: list[torch.Tensor]) -> torch.Tensor:  # a SAM closure's backward, without a model
+        for p, gr in zip(ps, grads, strict=True):
+            p.grad = gr
+        return torch.zeros(())
+
     for name in args.names.split(","):
+        if name == SAM:
+            ps = params()
+            ours = hf_adasam.SAM(torch.optim.AdamW(decay_groups(ps), lr=1e-3, fused=True), rho=0.05)
+
+            def ours_step(opt=ours, ps=ps) -> None:
+                opt.zero_grad()
+                opt.step(lambda: set_grads(ps))
+
+            rows["SAM over AdamW fused (hf_adasam.SAM)"] = ours_step
+            traffic["SAM over AdamW fused (hf_adasam.SAM)"] = TRAFFIC[SAM]
+            if args.peers == "true":
+                import pytorch_optimizer
+
+                ps = params()
+                peer = pytorch_optimizer.SAM(decay_groups(ps), torch.optim.AdamW, rho=0.05, lr=1e-3, fused=True)
+
+                def peer_step(opt=peer, ps=ps) -> None:
+                    opt.first_step(zero_grad=True)
+                    set_grads(ps)
+                    opt.second_step()
+
+                rows["SAM over AdamW fused (pytorch_optimizer.SAM)"] = peer_step
+                traffic["SAM over AdamW fused (pytorch_optimizer.SAM)"] = TRAFFIC[SAM]
+            for label in [k for k in rows if k.startswith("SAM over")]:
+                t0 = time.perf_counter()
+                for _ in range(args.warmup):
+                    rows[label]()
+                compile_s[label] = time.perf_counter() - t0
+            continue
         for impl in args.impls.split(","):
             if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
                 if impl != args.impls.split(",")[0]:
