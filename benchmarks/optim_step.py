@@ -214,69 +214,82 @@ def main() -> None:
     write(stem, measure(args))
 
 
-def measure(args: argparse.Namespace) -> dict:
-    shapes = bert_shapes(args.size)
-    g = torch.Generator().manual_seed(0)
-    grads = [torch.randn(s, generator=g) * 1e-3 for s in shapes]
-    numel = sum(t.numel() for t in grads)
+class Problem:
+    """BERT-shaped parameters with fixed gradients; every optimizer gets its own fresh parameters."""
 
-    def params() -> list[torch.Tensor]:
-        ps = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
-        for p, gr in zip(ps, grads, strict=True):
-            p.grad = gr  # shared: optimizers must not write into grads
+    def __init__(self, size: str) -> None:
+        self.shapes = bert_shapes(size)
+        self.gen = torch.Generator().manual_seed(0)
+        self.grads = [torch.randn(s, generator=self.gen) * 1e-3 for s in self.shapes]
+        self.numel = sum(t.numel() for t in self.grads)
+
+    def params(self) -> list[torch.Tensor]:
+        ps = [torch.randn(s, generator=self.gen).requires_grad_() for s in self.shapes]
+        self.set_grads(ps)
         return ps
 
-    def decay_groups(ps: list[torch.Tensor]) -> list[dict]:
-        # Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not
-        return [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
-                {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
-
-    rows: dict[str, Callable[[], None]] = {}
-    compile_s: dict[str, float] = {}
-    traffic: dict[str, int] = {}
-    rows["AdamW fused"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, fused=True).step
-    rows["AdamW foreach"] = torch.optim.AdamW(decay_groups(params()), lr=1e-3, foreach=True).step
-    traffic["AdamW fused"] = traffic["AdamW foreach"] = TRAFFIC["adamw"]
-    baselines = ["AdamW fused", "AdamW foreach"]
-    if args.peers == "true":
-        rows["Adam amsgrad (torch foreach)"] = torch.optim.Adam(decay_groups(params()), lr=1e-3, amsgrad=True,
-                                                                 foreach=True).step
-        traffic["Adam amsgrad (torch foreach)"] = TRAFFIC["amsgrad"]
-        baselines.append("Adam amsgrad (torch foreach)")
-    def set_grads(ps: list[torch.Tensor]) -> torch.Tensor:  # a SAM closure's backward, without a model
-        for p, gr in zip(ps, grads, strict=True):
+    def set_grads(self, ps: list[torch.Tensor]) -> torch.Tensor:
+        """Shared gradients (optimizers must not write into them); as a SAM closure, the backward without a model."""
+        for p, gr in zip(ps, self.grads, strict=True):
             p.grad = gr
         return torch.zeros(())
 
+    def groups(self, ps: list[torch.Tensor] | None = None) -> list[dict]:
+        """Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not."""
+        ps = self.params() if ps is None else ps
+        return [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
+                {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
+
+
+def sam_steps(prob: Problem, peers: bool) -> dict[str, Callable[[], None]]:
+    """SAM's tensor work over AdamW fused, the closure standing in for forward/backward."""
+    ps = prob.params()
+    ours = hf_adasam.SAM(torch.optim.AdamW(prob.groups(ps), lr=1e-3, fused=True), rho=0.05)
+
+    def ours_step() -> None:
+        ours.zero_grad()
+        ours.step(lambda: prob.set_grads(ps))
+
+    steps = {"SAM over AdamW fused (hf_adasam.SAM)": ours_step}
+    if peers:
+        import pytorch_optimizer
+
+        peer_ps = prob.params()
+        peer = pytorch_optimizer.SAM(prob.groups(peer_ps), torch.optim.AdamW, rho=0.05, lr=1e-3, fused=True)
+
+        def peer_step() -> None:
+            peer.first_step(zero_grad=True)
+            prob.set_grads(peer_ps)
+            peer.second_step()
+
+        steps["SAM over AdamW fused (pytorch_optimizer.SAM)"] = peer_step
+    return steps
+
+
+def measure(args: argparse.Namespace) -> dict:
+    prob = Problem(args.size)
+    shapes, numel = prob.shapes, prob.numel
+    rows: dict[str, Callable[[], None]] = {}
+    compile_s: dict[str, float] = {}
+    traffic: dict[str, int] = {}
+
+    def add(label: str, step: Callable[[], None], arrays: int) -> None:
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            step()
+        compile_s[label] = time.perf_counter() - t0
+        print(f"warm-up {label}: {compile_s[label]:.1f} s", flush=True)
+        rows[label], traffic[label] = step, arrays
+
+    add("AdamW fused", torch.optim.AdamW(prob.groups(), lr=1e-3, fused=True).step, TRAFFIC["adamw"])
+    add("AdamW foreach", torch.optim.AdamW(prob.groups(), lr=1e-3, foreach=True).step, TRAFFIC["adamw"])
+    if args.peers == "true":
+        add("Adam amsgrad (torch foreach)",
+            torch.optim.Adam(prob.groups(), lr=1e-3, amsgrad=True, foreach=True).step, TRAFFIC["amsgrad"])
     for name in args.names.split(","):
         if name == SAM:
-            ps = params()
-            ours = hf_adasam.SAM(torch.optim.AdamW(decay_groups(ps), lr=1e-3, fused=True), rho=0.05)
-
-            def ours_step(opt=ours, ps=ps) -> None:
-                opt.zero_grad()
-                opt.step(lambda: set_grads(ps))
-
-            rows["SAM over AdamW fused (hf_adasam.SAM)"] = ours_step
-            traffic["SAM over AdamW fused (hf_adasam.SAM)"] = TRAFFIC[SAM]
-            if args.peers == "true":
-                import pytorch_optimizer
-
-                ps = params()
-                peer = pytorch_optimizer.SAM(decay_groups(ps), torch.optim.AdamW, rho=0.05, lr=1e-3, fused=True)
-
-                def peer_step(opt=peer, ps=ps) -> None:
-                    opt.first_step(zero_grad=True)
-                    set_grads(ps)
-                    opt.second_step()
-
-                rows["SAM over AdamW fused (pytorch_optimizer.SAM)"] = peer_step
-                traffic["SAM over AdamW fused (pytorch_optimizer.SAM)"] = TRAFFIC[SAM]
-            for label in [k for k in rows if k.startswith("SAM over")]:
-                t0 = time.perf_counter()
-                for _ in range(args.warmup):
-                    rows[label]()
-                compile_s[label] = time.perf_counter() - t0
+            for label, step in sam_steps(prob, args.peers == "true").items():
+                add(label, step, TRAFFIC[SAM])
             continue
         for impl in args.impls.split(","):
             if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
@@ -285,28 +298,9 @@ def measure(args: argparse.Namespace) -> dict:
                 label = f"{name} (torch.optim.RAdam foreach)"
             else:
                 label = f"{name} {impl}"
-            opt = make_ours(name, impl, decay_groups(params()))
-            t0 = time.perf_counter()
-            for _ in range(args.warmup):
-                opt.step()
-            compile_s[label] = time.perf_counter() - t0
-            print(f"warm-up {label}: {compile_s[label]:.1f} s", flush=True)
-            rows[label] = opt.step
-            traffic[label] = TRAFFIC[name]
+            add(label, make_ours(name, impl, prob.groups()).step, TRAFFIC[name])
         if args.peers == "true" and name in PEERS:
-            label = f"{name} (pytorch_optimizer.{PEERS[name][0]})"
-            opt = make_peer(name, decay_groups(params()))
-            t0 = time.perf_counter()
-            for _ in range(args.warmup):
-                opt.step()
-            compile_s[label] = time.perf_counter() - t0
-            rows[label] = opt.step
-            traffic[label] = TRAFFIC[name]
-    for label in baselines:
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            rows[label]()
-        compile_s[label] = time.perf_counter() - t0
+            add(f"{name} (pytorch_optimizer.{PEERS[name][0]})", make_peer(name, prob.groups()).step, TRAFFIC[name])
 
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.steps):  # interleaved: one step of each per round

@@ -18,10 +18,8 @@ import platform
 
 import torch
 import torch._inductor.config as inductor_config
-from optim_step import EXTRA, RESULTS, TRAFFIC, bert_shapes, copy_bandwidth
+from optim_step import RESULTS, TRAFFIC, Problem, copy_bandwidth, make_ours
 from torch.profiler import ProfilerActivity, profile
-
-from hf_adasam import create_optimizer
 
 MISSED = "adashift,adai,adaiw,cprop_sgd,cprop_adam,set_adam"
 
@@ -36,24 +34,13 @@ def main() -> None:
     a = ap.parse_args()
     inductor_config.cpp.enable_kernel_profile = True  # one profiler event per generated C++ kernel
 
-    shapes = bert_shapes(a.size)
-    g = torch.Generator().manual_seed(0)
-    grads = [torch.randn(s, generator=g) * 1e-3 for s in shapes]
-    numel = sum(t.numel() for t in grads)
+    prob = Problem(a.size)
+    shapes, numel = prob.shapes, prob.numel
     bandwidth = copy_bandwidth()
 
-    def params() -> list[dict]:
-        ps = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
-        for p, gr in zip(ps, grads, strict=True):
-            p.grad = gr
-        return [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
-                {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
-
-    makers = {"AdamW fused": (lambda: torch.optim.AdamW(params(), lr=1e-3, fused=True), TRAFFIC["adamw"])}
+    makers = {"AdamW fused": (lambda: torch.optim.AdamW(prob.groups(), lr=1e-3, fused=True), TRAFFIC["adamw"])}
     for name in a.names.split(","):
-        makers[f"{name} compiled"] = (lambda n=name: create_optimizer(n, params(), impl="compiled",
-                                                                      **{"lr": 1e-3, **EXTRA.get(n, {})}),
-                                      TRAFFIC[name])
+        makers[f"{name} compiled"] = (lambda n=name: make_ours(n, "compiled", prob.groups()), TRAFFIC[name])
     report = []
     lines = [f"# Profile of optimizer.step() on {numel / 1e6:.1f}M params ({len(shapes)} tensors), "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; copy bandwidth "
