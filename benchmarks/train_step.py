@@ -63,9 +63,10 @@ def peer_sam(lr: float) -> tuple[type, dict]:
     return TrainerDrivenSAM, {"base_optimizer": torch.optim.AdamW, "rho": 0.05, "lr": lr}
 
 
+TWO_PASS = "two passes, no perturbation (yardstick)"
 ROWS: dict[str, dict] = {
     "adamw (plain)": {"optim": "adamw_torch"},
-    "two passes, no perturbation (yardstick)": {"optim": "adamw_torch", "trainer": TwoPassTrainer},
+    TWO_PASS: {"optim": "adamw_torch", "trainer": TwoPassTrainer},
     "pytorch_optimizer SAM over AdamW (yardstick)": {"optim": "adamw_torch", "trainer": PeerSAMTrainer},
     "SAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.05},
     "ASAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.5, "sam_adaptive": True},
@@ -74,6 +75,9 @@ ROWS: dict[str, dict] = {
     "LookSAM k=5 (adasam)": {"optim": "adasam", "sam_policy": "looksam"},
     "AE-LookSAM (adasam)": {"optim": "adasam", "sam_policy": "ae_looksam"},
 }
+
+
+SAM_ROWS = [label for label, row in ROWS.items() if "trainer" not in row and label != "adamw (plain)"]
 
 
 class StepTimer(TrainerCallback):
@@ -198,6 +202,18 @@ def main() -> None:
         lines.append(f"| {r['setup']} | {r['s_per_step_mean'] * 1e3:.1f} | {r['ratio_mean']:.2f} | "
                      f"{r['s_per_step'] * 1e3:.1f} | {r['ratio']:.2f} | {r['p10'] * 1e3:.0f}–{r['p90'] * 1e3:.0f} | "
                      f"{r['second_pass_fraction']:.2f} | {r['sam_ops_s_per_step'] * 1e3:.1f} |")
+    # where a two-pass step's extra time goes: the second forward/backward (the yardstick's extra over
+    # plain), the SAM step's own tensor work (timed inside it), and the rest (Python, allocation, noise)
+    by = {r["setup"]: r for r in table}
+    plain, floor = by["adamw (plain)"]["s_per_step_mean"], by[TWO_PASS]["s_per_step_mean"]
+    lines += ["", "Where the extra time of an always-two-pass step goes (means, ms per step):", "",
+              "| set-up | extra over plain | second forward/backward | SAM ops | rest |", "|---|---:|---:|---:|---:|"]
+    for r in table:
+        if r["second_pass_fraction"] == 1.0 and r["setup"] != TWO_PASS:
+            extra, ops = r["s_per_step_mean"] - plain, r["sam_ops_s_per_step"]
+            ops_cell = f"{ops * 1e3:.1f}" if r["setup"] in SAM_ROWS else "(in rest)"  # not timed inside the peer
+            lines.append(f"| {r['setup']} | {extra * 1e3:.1f} | {(floor - plain) * 1e3:.1f} | {ops_cell} | "
+                         f"{(extra - (floor - plain) - ops) * 1e3:.1f} |")
     md = "\n".join(lines)
     print(md)
     out = Path(a.out)
