@@ -64,6 +64,9 @@ TRAFFIC: dict[str, int] = {
     # + restore (copy r, p w); the forward/backward passes are not part of an optimizer's step
     "sam": 15,
 }
+# untimed steps before timing: AdaShift only stores gradients until its window of n = 10 is full, and its
+# compiled kernel is specialised (recompiled) for those first steps; timing must start in the steady state
+WARMUP = 12
 SAM = "sam"  # pseudo-name in --names: the SAM step's tensor work over AdamW fused, ours and pytorch_optimizer's
 # the pytorch_optimizer class of the same method, with its knobs for the same algorithm as ours
 PEERS: dict[str, tuple[str, dict]] = {
@@ -194,9 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["22m", "110m"], default="22m")
     ap.add_argument("--steps", type=int, default=30)
-    # 12: AdaShift only stores gradients until its window of n = 10 is full, and its compiled kernel is
-    # specialised (recompiled) for those first steps; timing must start in the steady state
-    ap.add_argument("--warmup", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=WARMUP)
     ap.add_argument("--impls", default="compiled,foreach")
     ap.add_argument("--names", default=",".join([*hf_adasam.OPTIMIZERS, SAM]))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())

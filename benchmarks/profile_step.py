@@ -18,7 +18,7 @@ import platform
 
 import torch
 import torch._inductor.config as inductor_config
-from optim_step import RESULTS, TRAFFIC, Problem, copy_bandwidth, make_ours
+from optim_step import RESULTS, TRAFFIC, WARMUP, Problem, copy_bandwidth, make_ours
 from torch.profiler import ProfilerActivity, profile
 
 MISSED = "adashift,adai,adaiw,cprop_sgd,cprop_adam,set_adam"
@@ -29,9 +29,7 @@ def main() -> None:
     ap.add_argument("--size", choices=["22m", "110m"], default="22m")
     ap.add_argument("--names", default=MISSED)
     ap.add_argument("--steps", type=int, default=10)
-    # 12: AdaShift only stores gradients until its window of n = 10 is full, and its compiled kernel is
-    # specialised (recompiled) for those first steps; timing must start in the steady state
-    ap.add_argument("--warmup", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=WARMUP)
     ap.add_argument("--top", type=int, default=6)
     a = ap.parse_args()
     inductor_config.cpp.enable_kernel_profile = True  # one profiler event per generated C++ kernel

@@ -34,6 +34,7 @@ from hf_adasam import SAMTrainer, SAMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
 
+
 class TwoPassTrainer(Trainer):
     """Yardstick: the plain step with its forward/backward run twice at the same weights, nothing more."""
 
@@ -75,8 +76,6 @@ ROWS: dict[str, dict] = {
     "LookSAM k=5 (adasam)": {"optim": "adasam", "sam_policy": "looksam"},
     "AE-LookSAM (adasam)": {"optim": "adasam", "sam_policy": "ae_looksam"},
 }
-
-
 SAM_ROWS = [label for label, row in ROWS.items() if "trainer" not in row and label != "adamw (plain)"]
 
 
