@@ -191,10 +191,13 @@ def _reference_cprop(xs, grads, *, kind, lr, wd, beta, c, eps, betas=(0.9, 0.999
     v = [torch.zeros_like(x) for x in xs]
     for t, gs in enumerate(grads, start=1):
         for i, g in enumerate(gs):
-            g = g + wd * xs[i]
+            # spec §8: CProp-Adam's scale sees g + λx; CProp-SGD's the raw g (authors' cprop_sgd.py), then d = g + λx
+            d = g + wd * xs[i]
+            g = d if kind == "adam" else g
             a[i] = beta * a[i] + (1 - beta) * g
             b[i] = beta * b[i] + (1 - beta) * g * g
             scale = _reference_cprop_scale(a[i], b[i], t, beta, c, eps)
+            g = d
             if kind == "adam":
                 m[i] = betas[0] * m[i] + (1 - betas[0]) * g
                 v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g

@@ -24,6 +24,7 @@ from torch import Tensor
 Impl = Literal["compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
 IMPL_ENV = "HF_ADASAM_IMPL"
+REAL_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,6 +41,9 @@ def check_range(
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval."""
     if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"Invalid {name}: a tensor of shape {tuple(value.shape)} and dtype {value.dtype}; "
+                             "allowed are a float or a one-element real tensor")
         value = float(value)
     ok = isinstance(value, (int, float)) and not math.isnan(value)
     ok = ok and (value > low if low_open else value >= low)
@@ -125,14 +129,48 @@ def run_kernel(
     each tensor's ops into one pass. Float hyperparameters go in as 0-d tensors there, because a
     Python float is baked into the graph and a scheduled lr would recompile every step. So a
     single-tensor kernel must accept floats or 0-d tensors alike and must not branch on them.
+
+    0-d tensors of the lists (a scalar parameter, AdaShift's per-tensor v, Adai's running sum) enter
+    the compiled kernel as 1-element views: torch 2.13's inductor drops in-place writes to a 0-d
+    float64 CPU input (the write is silently lost; float32 is unaffected). A kernel that cannot be
+    compiled (dynamo or inductor raise while tracing, before anything ran) falls back to the foreach
+    kernel, which computes the same update, with a warning that says why.
     """
     if impl == "single":
         single(*tensors, **hyper)
-    elif impl == "foreach":
+    elif impl == "foreach" or single in _COMPILE_FAILED:
         multi(*tensors, **hyper)
     else:
-        hyper = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
-        compiled(single)(*tensors, **hyper)
+        as_tensors = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
+        lists = [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensors]
+        try:
+            compiled(single)(*lists, **as_tensors)
+        except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing/compiling: nothing ran
+            _COMPILE_FAILED.add(single)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(
+                f"hf-adasam: {single.__module__}.{single.__name__} could not be compiled ({type(err).__name__}: "
+                f"{reason}); this process uses the eager foreach kernel for it, which computes the same update. "
+                f"Set {IMPL_ENV}=foreach to skip compiling.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            multi(*tensors, **hyper)
+
+
+# kernels whose compilation failed in this process: they run their foreach twin from then on
+_COMPILE_FAILED: set[Callable[..., None]] = set()
+
+
+def denominator_floor(dtype: torch.dtype, smallest_denominator: float) -> float:
+    """The floor a kernel puts under its denominator in ``dtype``: 0 (none) when the formula's own
+    smallest denominator (from ε) is a normal number of ``dtype``, else the dtype's smallest normal.
+
+    ε = 1e-8 (and ε² = 1e-16) underflow to 0 in float16, so an always-zero coordinate would be 0/0;
+    in every other dtype the floor is 0 and the kernel computes exactly the formula.
+    """
+    tiny = torch.finfo(dtype).tiny
+    return 0.0 if smallest_denominator >= tiny else tiny
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,6 +190,24 @@ class KernelOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], impl: str | None = None) -> None:
         self.impl = resolve_impl(impl)
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.add_param_group``, refusing what the kernels cannot compute on."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        name = type(self).__name__
+        for p in group["params"]:
+            if p.dtype not in REAL_FLOAT_DTYPES:
+                what = "complex" if p.is_complex() else "integer/bool" if not p.is_floating_point() else "unsupported"
+                raise ValueError(
+                    f"Invalid parameter dtype: {p.dtype} ({what}); {name} supports real floating-point parameters "
+                    f"({', '.join(str(d).removeprefix('torch.') for d in REAL_FLOAT_DTYPES)}). For a complex "
+                    "parameter optimize torch.view_as_real(p) as a real float parameter, or use torch.optim.AdamW"
+                )
+        lr = group.get("lr")
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError(f"Invalid lr: a tensor of shape {tuple(lr.shape)}; allowed are a float or a "
+                             "one-element tensor (read once per step)")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -190,6 +246,14 @@ class KernelOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            hyper = scalar_hyper(group)
             for (_, _, step), params in self.gather(group).items():
-                self.update_bucket(group, params, step)
+                self.update_bucket(hyper, params, step)
         return loss
+
+
+def scalar_hyper(group: dict[str, Any]) -> dict[str, Any]:
+    """``group`` as the kernels read it: a tensor ``lr`` (as torch.optim's Adam family accepts, and
+    schedulers update in place) becomes its Python float for this step."""
+    lr = group["lr"]
+    return {**group, "lr": float(lr)} if isinstance(lr, Tensor) else group

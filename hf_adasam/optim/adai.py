@@ -12,8 +12,10 @@ its mean :math:`\bar v` over *all* parameters of *all* param groups (one scalar 
     m_t = \beta_1 m_{t-1} + (1-\beta_1) g \qquad x \leftarrow x - \gamma\, m_t / (1 - P_t)
 
 Adai adds :math:`\lambda x` to :math:`g` (coupled weight decay); AdaiW (``decoupled=True``) scales
-:math:`x` by :math:`1-\gamma\lambda`. As in the authors' code :math:`\bar v` has no floor: a step on
-which every gradient is exactly zero (so :math:`\bar v = 0`) gives NaN.
+:math:`x` by :math:`1-\gamma\lambda`. Where the authors' code divides 0/0 (every :math:`v` is
+exactly 0: a first step whose gradients are all zero, or gradients whose square underflows),
+:math:`\bar v` is floored at the dtype's smallest normal number, so that step is a zero step instead of
+NaN weights; otherwise the floor never acts.
 The state keeps :math:`1 - P_t` (``bias_correction1``), updated as
 :math:`1 - P_t = \beta_1 (1 - P_{t-1}) + (1 - \beta_1)`, and the kernels work with :math:`1-\beta_1`:
 both keep their relative precision in bfloat16, where :math:`\beta_1 = 1 - 10^{-3}` and :math:`P_t` round to 1.
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_common, check_range, run_kernel
+from ._base import KernelOptimizer, check_common, check_range, run_kernel, scalar_hyper
 
 __all__ = ["Adai", "adai", "adai_second_moment"]
 
@@ -67,8 +69,8 @@ class Adai(KernelOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buckets = [(group, params, step) for group in self.param_groups for (_, _, step), params in
-                   self.gather(group).items()]
+        buckets = [(scalar_hyper(group), params, step) for group in self.param_groups
+                   for (_, _, step), params in self.gather(group).items()]
         if not buckets:
             return loss
         # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
@@ -79,6 +81,9 @@ class Adai(KernelOptimizer):
         else:  # buckets may differ in device or dtype: add up on the first one, in the widest dtype
             dtype = functools.reduce(torch.promote_types, [s.dtype for s in sums])
             vhat_mean = torch.stack([s.to(sums[0].device, dtype) for s in sums]).sum() / numel
+        # v_bar = 0 only when every v is 0 (a first step whose gradients are all zero, or g^2 underflowing):
+        # the authors' code then divides 0/0 and every weight becomes NaN; the floor makes it a zero step
+        vhat_mean = vhat_mean.clamp(min=torch.finfo(vhat_mean.dtype).tiny)
         # phase 2: inertia, momentum and the step
         for group, params, step in buckets:
             self.update_bucket(group, params, step, vhat_mean.to(params[0].device))

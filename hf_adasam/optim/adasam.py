@@ -13,6 +13,9 @@ AMSGrad without bias correction, driven by whatever gradient it is given (the SA
 With ``bias_correction=True`` the step uses :math:`m_t/(1-\beta_1^t)` and
 :math:`\hat v_t/(1-\beta_2^t)` (the running max is kept uncorrected, as in ``torch.optim.Adam``'s
 AMSGrad).
+In float16 parameters :math:`\epsilon^2 = 10^{-16}` underflows to 0, so there the denominator is floored at
+float16's smallest normal number (6.1e-5) and a coordinate whose gradient is always zero stays put
+instead of becoming 0/0; in every other dtype the floor never acts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_betas, check_common, run_kernel
+from ._base import KernelOptimizer, check_betas, check_common, denominator_floor, run_kernel
 
 __all__ = ["AdaSAM", "adasam"]
 
@@ -67,6 +70,8 @@ class AdaSAM(KernelOptimizer):
             weight_decay=group["weight_decay"],
             step_size=group["lr"] / bc1,
             bias_correction2_sqrt=math.sqrt(bc2),
+            # sqrt(v_hat) >= eps, unless eps^2 underflowed in the param dtype (float16): then a floor
+            denom_floor=denominator_floor(params[0].dtype, group["eps"]) or None,
             impl=self.impl,
         )
 
@@ -84,13 +89,17 @@ def _single_tensor_adasam(
     weight_decay: float,
     step_size: float,
     bias_correction2_sqrt: float,
+    denom_floor: float | None = None,
 ) -> None:
     for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, strict=True):
         p.mul_(1 - lr * weight_decay)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
         torch.maximum(vmax, v, out=vmax)
-        p.sub_(m / (vmax.sqrt() / bias_correction2_sqrt) * step_size)
+        denom = vmax.sqrt() / bias_correction2_sqrt
+        if denom_floor is not None:
+            denom = denom.clamp(min=denom_floor)
+        p.sub_(m / denom * step_size)
 
 
 def _multi_tensor_adasam(
@@ -106,6 +115,7 @@ def _multi_tensor_adasam(
     weight_decay: float,
     step_size: float,
     bias_correction2_sqrt: float,
+    denom_floor: float | None = None,
 ) -> None:
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
@@ -115,6 +125,8 @@ def _multi_tensor_adasam(
     torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
     denom = torch._foreach_sqrt(max_exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrt)
+    if denom_floor is not None:
+        torch._foreach_clamp_min_(denom, denom_floor)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
 
 

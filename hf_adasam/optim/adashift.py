@@ -2,17 +2,22 @@ r"""AdaShift (Zhou et al. ICLR 2019, "AdaShift: Decorrelation and Convergence of
 Rate Methods", arXiv 1810.00143); follows the authors' code (spec §7).
 
 The second moment is fed the gradient that left a window of the last :math:`n` gradients, so it is
-independent of the gradients in the first moment. Steps :math:`1..n` only fill the window; for
-:math:`t > n`, with :math:`w_i = \beta_1^i / \sum_{j<n} \beta_1^j`:
+independent of the gradients in the first moment. With :math:`w_i = \beta_1^i / \sum_{j<n} \beta_1^j`
+and :math:`g_{t-n} = 0` while fewer than :math:`n+1` gradients were seen:
 
 .. math::
     m_t = \textstyle\sum_{i<n} w_i\, g_{t-i} \qquad
     v_t = \beta_2 v_{t-1} + (1-\beta_2)\, \varphi(g_{t-n}^2) \\
-    x \leftarrow x (1 - \gamma\lambda) - \gamma\, m_t / \left(\sqrt{v_t / (1-\beta_2^{t-n})} + \epsilon\right)
+    z_t = z_{t-1} \lor (v_t > 0) \qquad k_t = z_t\,(k_{t-1} + 1) \\
+    x \leftarrow x - \gamma\, z_t \left(\lambda x + m_t / \left(\sqrt{v_t / (1-\beta_2^{k_t})} + \epsilon\right)\right)
 
 :math:`\varphi` is the max (default) or mean over the whole tensor, giving one :math:`v` per tensor,
-or ``"none"`` for an element-wise :math:`v`. Weight decay is decoupled (the spec is silent; this is
-the convention of ``Trainer``'s ``weight_decay``) and, like the step, starts at :math:`t = n+1`.
+or ``"none"`` for an element-wise :math:`v`. The gate :math:`z` (the authors' code) holds a coordinate
+still until its :math:`v` is positive and restarts the bias correction there: steps :math:`1..n` only
+fill the window, and a tensor whose first gradients are exactly zero (LoRA's A while B is 0) is not
+thrown by :math:`m/\epsilon`. The state keeps :math:`c = 1-\beta_2^{k}` (0 while the gate is closed),
+updated as :math:`c \leftarrow z\,(\beta_2 c + 1 - \beta_2)`. Weight decay is decoupled (the spec is
+silent; this is the convention of ``Trainer``'s ``weight_decay``) and gated like the step.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_betas, check_common, run_kernel
+from ._base import KernelOptimizer, check_betas, check_common, denominator_floor, run_kernel
 
 __all__ = ["AdaShift", "adashift"]
 
@@ -50,9 +55,9 @@ class AdaShift(KernelOptimizer):
         check_common(lr, weight_decay, eps)
         check_betas("betas", betas)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Invalid n: {n!r}; allowed values are integers >= 1")
+            raise ValueError(f"Invalid n: {n!r}; allowed values are integers >= 1 (default 10)")
         if phi not in PHIS:
-            raise ValueError(f"Invalid phi: {phi!r}; allowed values are {', '.join(PHIS)}")
+            raise ValueError(f"Invalid phi: {phi!r}; allowed values are {', '.join(PHIS)} (default max)")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, n=n, phi=phi)
         super().__init__(params, defaults, impl)
 
@@ -61,19 +66,30 @@ class AdaShift(KernelOptimizer):
         # exp_avg holds m_t itself; the window starts at zero, so m_t's running update needs no
         # special case while it fills (the gradient leaving the window is 0 for t <= n)
         state["exp_avg_sq"] = torch.zeros_like(p) if group["phi"] == "none" else p.new_zeros(())
+        state["bias_correction2"] = torch.zeros_like(state["exp_avg_sq"])  # 1 - beta2^k, 0 while the gate is closed
         # n separate tensors, not one (n, *shape) tensor: the kernel gets the slot's tensor, so the
         # compiled kernel sees the same input metadata at every step (a slot index would recompile)
         state["grad_window"] = [torch.zeros_like(p, memory_format=torch.preserve_format) for _ in range(group["n"])]
+
+    def _upgrade_state(self, p: Tensor, step: int, group: dict[str, Any]) -> None:
+        """A state saved before the gate existed (hf-adasam 0.1.0): its v > 0 exactly where it had been
+        stepping, with bias correction counted from step n + 1."""
+        state = self.state[p]
+        v, taken = state["exp_avg_sq"], max(step - 1 - group["n"], 0)
+        state["bias_correction2"] = (v > 0).to(v.dtype) * (1 - group["betas"][1] ** taken)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
         n = group["n"]
         slot = (step - 1) % n  # holds g_{t-n}, written n steps ago; derived from step, so no pointer in state
-        update = step > n
+        for p in params:
+            if "bias_correction2" not in self.state[p]:
+                self._upgrade_state(p, step, group)
+        floor = denominator_floor(params[0].dtype, group["eps"])
         adashift(
             params,
             [p.grad for p in params],
-            *self.buffers(params, "exp_avg", "exp_avg_sq"),
+            *self.buffers(params, "exp_avg", "exp_avg_sq", "bias_correction2"),
             [self.state[p]["grad_window"][slot] for p in params],
             lr=group["lr"],
             beta1=beta1,
@@ -82,9 +98,8 @@ class AdaShift(KernelOptimizer):
             weight_decay=group["weight_decay"],
             oldest_weight=beta1**n,
             window_sum=sum(beta1**j for j in range(n)),
-            bias_correction2=1 - beta2 ** (step - n) if update else 1.0,
             phi=group["phi"],
-            update=update,
+            denom_floor=floor or None,
             impl=self.impl,
         )
 
@@ -102,6 +117,7 @@ def _single_tensor_adashift(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    bias_correction2s: list[Tensor],
     oldest_grads: list[Tensor],
     *,
     lr: float,
@@ -111,21 +127,26 @@ def _single_tensor_adashift(
     weight_decay: float,
     oldest_weight: float,
     window_sum: float,
-    bias_correction2: float,
     phi: str,
-    update: bool,
+    denom_floor: float | None,
 ) -> None:
-    for p, g, m, v, old in zip(params, grads, exp_avgs, exp_avg_sqs, oldest_grads, strict=True):
-        if update:
-            v.mul_(beta2).add_(_phi(old * old, phi) * (1 - beta2))
+    for p, g, m, v, c, old in zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction2s, oldest_grads, strict=True):
+        v.mul_(beta2).add_(_phi(old * old, phi) * (1 - beta2))
+        gate = ((v > 0) | (c > 0)).to(v.dtype)  # z_t: once open, c > 0 keeps it open
+        c.mul_(beta2).add_(1 - beta2).mul_(gate)  # 1 - beta2^k, k counted from the opening
         # m_t = sum_i w_i g_{t-i} kept as a running sum instead of re-reading the n stored gradients:
         # m_t = beta1 m_{t-1} + (g_t - beta1^n g_{t-n}) / sum_j beta1^j. A rounding error is multiplied
         # by beta1 < 1 at every later step, so errors stay bounded (no drift from the exact window sum).
         m.mul_(beta1).add_((g - old * oldest_weight) / window_sum)
         old.copy_(g)  # g_t takes the slot of g_{t-n}
-        if update:
-            p.mul_(1 - lr * weight_decay)
-            p.sub_(m / ((v / bias_correction2).sqrt() + eps) * lr)
+        # where closed, v = c = 0: denom = 0 + eps + 1 is finite and denom / gate = inf gives a zero step
+        closed = 1 - gate
+        denom = (v / (c + closed)).sqrt() + eps
+        if denom_floor is not None:
+            denom = denom.clamp(min=denom_floor)
+        denom = (denom + closed) / gate
+        p.mul_(1 - gate * (lr * weight_decay))
+        p.sub_(m / denom * lr)
 
 
 def _multi_tensor_adashift(
@@ -133,6 +154,7 @@ def _multi_tensor_adashift(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    bias_correction2s: list[Tensor],
     oldest_grads: list[Tensor],
     *,
     lr: float,
@@ -142,35 +164,46 @@ def _multi_tensor_adashift(
     weight_decay: float,
     oldest_weight: float,
     window_sum: float,
-    bias_correction2: float,
     phi: str,
-    update: bool,
+    denom_floor: float | None,
 ) -> None:
-    if update:
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        if phi == "none":
-            torch._foreach_addcmul_(exp_avg_sqs, oldest_grads, oldest_grads, 1 - beta2)
-        else:  # max(g^2) = (max|g|)^2 and mean(g^2) = ||g||^2 / numel: one fused reduction per tensor
-            stat = torch._foreach_norm(oldest_grads, float("inf") if phi == "max" else 2)
-            torch._foreach_mul_(stat, stat)
-            if phi == "mean":
-                torch._foreach_div_(stat, [float(g.numel()) for g in oldest_grads])
-            torch._foreach_add_(exp_avg_sqs, stat, alpha=1 - beta2)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    if phi == "none":
+        torch._foreach_addcmul_(exp_avg_sqs, oldest_grads, oldest_grads, 1 - beta2)
+    else:  # max(g^2) = (max|g|)^2 and mean(g^2) = ||g||^2 / numel: one fused reduction per tensor
+        stat = torch._foreach_norm(oldest_grads, float("inf") if phi == "max" else 2)
+        torch._foreach_mul_(stat, stat)
+        if phi == "mean":
+            torch._foreach_div_(stat, [float(g.numel()) for g in oldest_grads])
+        torch._foreach_add_(exp_avg_sqs, stat, alpha=1 - beta2)
+    # gate z_t = sign(v + c) (both >= 0); with a scalar phi these are 0-d tensors, one per param
+    gate = torch._foreach_add(exp_avg_sqs, bias_correction2s)
+    torch._foreach_sign_(gate)
+    torch._foreach_mul_(bias_correction2s, beta2)
+    torch._foreach_add_(bias_correction2s, 1 - beta2)
+    torch._foreach_mul_(bias_correction2s, gate)
     # running window sum, see _single_tensor_adashift
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, grads, alpha=1 / window_sum)
     torch._foreach_add_(exp_avgs, oldest_grads, alpha=-oldest_weight / window_sum)
     torch._foreach_copy_(oldest_grads, grads)
-    if update:
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        denom = torch._foreach_div(exp_avg_sqs, bias_correction2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
-        # with a scalar phi, denom holds 0-d tensors that broadcast over their param
-        torch._foreach_addcdiv_(params, exp_avgs, denom, -lr)
+    closed = torch._foreach_mul(gate, -1.0)
+    torch._foreach_add_(closed, 1.0)
+    denom = torch._foreach_div(exp_avg_sqs, torch._foreach_add(bias_correction2s, closed))
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, eps)
+    if denom_floor is not None:
+        torch._foreach_clamp_min_(denom, denom_floor)
+    torch._foreach_add_(denom, closed)
+    torch._foreach_div_(denom, gate)  # inf where closed: a zero step
+    if weight_decay != 0:
+        decay = torch._foreach_mul(gate, -lr * weight_decay)
+        torch._foreach_add_(decay, 1.0)
+        torch._foreach_mul_(params, decay)
+    # with a scalar phi, denom holds 0-d tensors that broadcast over their param
+    torch._foreach_addcdiv_(params, exp_avgs, denom, -lr)
 
 
 def adashift(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, oldest window gradient)."""
+    """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, 1 - beta2^k, oldest window gradient)."""
     run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, tensors, hyper)

@@ -12,8 +12,12 @@ right, from an EMA estimate of the gradient's mean and standard error:
     \mathrm{scale} = \min\!\left(1,\ c \cdot \mathrm{erf}\!\left(|\mu| / (\sqrt 2\, \mathrm{se})\right)\right)
 
 ``CPropAdam`` multiplies Adam's step by the scale, ``CPropSGD`` the SGD(-momentum) direction. As in
-the authors' code, weight decay is coupled (:math:`g \leftarrow g + \lambda x`) and the scale is
-computed from that :math:`g`. The scale is ``cprop_c · erf``, the exact normal CDF (``2Φ − 1``).
+the authors' code, weight decay is coupled; CProp-Adam computes the scale from :math:`g + \lambda x`,
+CProp-SGD (the authors' ``cprop_sgd.py``) from the raw gradient :math:`g`, then steps along
+:math:`d = g + \lambda x` (its momentum buffer built from :math:`d`, as ``torch.optim.SGD``'s). The scale is
+``cprop_c · erf``, the exact normal CDF (``2Φ − 1``). In float16 parameters ε = 1e-8 underflows to 0, so
+there the standard error and Adam's denominator are floored at float16's smallest normal number (a
+coordinate whose gradient is always zero gets a zero step, not 0/0); in other dtypes no floor acts.
 
 The state holds :math:`\mu` and :math:`M = (1-\beta^t)(s - \mu^2)` updated by West's weighted
 recursion (:math:`r = (1-\beta)/(1-\beta^t)`, :math:`\delta = g - \mu_{t-1}`,
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_betas, check_common, check_range, run_kernel
+from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel
 
 __all__ = ["CPropAdam", "CPropSGD", "cprop_adam", "cprop_sgd"]
 
@@ -49,12 +53,13 @@ def _check_cprop(beta: float, c: float, eps: float) -> None:
     check_range("cprop_eps", eps)
 
 
-def _cprop_hyper(group: dict[str, Any], step: int) -> dict[str, float]:
+def _cprop_hyper(group: dict[str, Any], step: int, dtype: torch.dtype) -> dict[str, Any]:
     beta = group["cprop_beta"]
     bc = 1 - beta**step
     # rate: the new gradient's weight in the bias-corrected mean; dof: n - 1 + eps with n = bc / (1 - beta)
     return dict(cprop_beta=beta, cprop_c=group["cprop_c"], cprop_eps=group["cprop_eps"], cprop_bc=bc,
-                cprop_rate=(1 - beta) / bc, cprop_dof=bc / (1 - beta) - 1 + group["cprop_eps"])
+                cprop_rate=(1 - beta) / bc, cprop_dof=bc / (1 - beta) - 1 + group["cprop_eps"],
+                se_floor=denominator_floor(dtype, group["cprop_eps"]) or None)
 
 
 class CPropAdam(KernelOptimizer):
@@ -94,7 +99,8 @@ class CPropAdam(KernelOptimizer):
             weight_decay=group["weight_decay"],
             step_size=group["lr"] / (1 - beta1**step),
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
-            **_cprop_hyper(group, step),
+            denom_floor=denominator_floor(params[0].dtype, group["eps"]) or None,
+            **_cprop_hyper(group, step, params[0].dtype),
             impl=self.impl,
         )
 
@@ -143,7 +149,7 @@ class CPropSGD(KernelOptimizer):
             dampening=group["dampening"] if step > 1 else 0.0,
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
-            **_cprop_hyper(group, step),
+            **_cprop_hyper(group, step, params[0].dtype),
             impl=self.impl,
         )
 
@@ -153,19 +159,21 @@ class CPropSGD(KernelOptimizer):
 # ----------------------------------------------------------------------------------------------
 def _scale(
     g: Tensor, mu: Tensor, m2: Tensor, *, cprop_beta: float, cprop_c: float, cprop_eps: float, cprop_bc: float,
-    cprop_rate: float, cprop_dof: float,
+    cprop_rate: float, cprop_dof: float, se_floor: float | None,
 ) -> Tensor:
     """Update (mu, m2) with g in place; return CProp's scale."""
     delta = g - mu
     mu.add_(delta * cprop_rate)
     m2.mul_(cprop_beta).add_(delta * (g - mu) * (1 - cprop_beta))
     se = (m2.clamp(min=0) / (cprop_bc * cprop_dof)).sqrt() + cprop_eps
+    if se_floor is not None:
+        se = se.clamp(min=se_floor)
     return (torch.erf((mu.abs() / (se * _SQRT2)).clamp(max=_ERF_SATURATION)) * cprop_c).clamp(max=1)
 
 
 def _multi_tensor_scale(
     grads: list[Tensor], mus: list[Tensor], m2s: list[Tensor], *, cprop_beta: float, cprop_c: float,
-    cprop_eps: float, cprop_bc: float, cprop_rate: float, cprop_dof: float,
+    cprop_eps: float, cprop_bc: float, cprop_rate: float, cprop_dof: float, se_floor: float | None,
 ) -> list[Tensor]:
     delta = torch._foreach_sub(grads, mus)
     torch._foreach_add_(mus, delta, alpha=cprop_rate)
@@ -176,6 +184,8 @@ def _multi_tensor_scale(
     torch._foreach_div_(var, cprop_bc * cprop_dof)
     se = torch._foreach_sqrt(var)
     torch._foreach_add_(se, cprop_eps)
+    if se_floor is not None:
+        torch._foreach_clamp_min_(se, se_floor)
     torch._foreach_mul_(se, _SQRT2)
     z = torch._foreach_abs(mus)
     torch._foreach_div_(z, se)
@@ -190,20 +200,23 @@ def _multi_tensor_scale(
 def _single_tensor_cprop_adam(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
     cmeans: list[Tensor], cm2s: list[Tensor], *, beta1: float, beta2: float, eps: float, weight_decay: float,
-    step_size: float, bias_correction2_sqrt: float, **cprop_kw: float,
+    step_size: float, bias_correction2_sqrt: float, denom_floor: float | None, **cprop_kw: Any,
 ) -> None:
     for x, g, m, v, mu, m2 in zip(params, grads, exp_avgs, exp_avg_sqs, cmeans, cm2s, strict=True):
         g = g + x * weight_decay
         scale = _scale(g, mu, m2, **cprop_kw)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
-        x.sub_(m / (v.sqrt() / bias_correction2_sqrt + eps) * scale * step_size)
+        denom = v.sqrt() / bias_correction2_sqrt + eps
+        if denom_floor is not None:
+            denom = denom.clamp(min=denom_floor)
+        x.sub_(m / denom * scale * step_size)
 
 
 def _multi_tensor_cprop_adam(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
     cmeans: list[Tensor], cm2s: list[Tensor], *, beta1: float, beta2: float, eps: float, weight_decay: float,
-    step_size: float, bias_correction2_sqrt: float, **cprop_kw: float,
+    step_size: float, bias_correction2_sqrt: float, denom_floor: float | None, **cprop_kw: Any,
 ) -> None:
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
@@ -214,6 +227,8 @@ def _multi_tensor_cprop_adam(
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, eps)
+    if denom_floor is not None:
+        torch._foreach_clamp_min_(denom, denom_floor)
     torch._foreach_mul_(scale, exp_avgs)
     torch._foreach_addcdiv_(params, scale, denom, -step_size)
 
@@ -221,26 +236,25 @@ def _multi_tensor_cprop_adam(
 def _single_tensor_cprop_sgd(
     params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
     lr: float, momentum: float, has_momentum: bool, dampening: float, weight_decay: float, nesterov: bool,
-    **cprop_kw: float,
+    **cprop_kw: Any,
 ) -> None:
     for x, g, buf, mu, m2 in zip(params, grads, bufs, cmeans, cm2s, strict=True):
-        g = g + x * weight_decay
-        scale = _scale(g, mu, m2, **cprop_kw)
-        d = g
+        scale = _scale(g, mu, m2, **cprop_kw)  # from the raw gradient (authors' cprop_sgd.py)
+        d = g + x * weight_decay
         if has_momentum:
-            buf.mul_(momentum).add_(g * (1 - dampening))
-            d = g + buf * momentum if nesterov else buf
+            buf.mul_(momentum).add_(d * (1 - dampening))
+            d = d + buf * momentum if nesterov else buf
         x.sub_(d * scale * lr)
 
 
 def _multi_tensor_cprop_sgd(
     params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
     lr: float, momentum: float, has_momentum: bool, dampening: float, weight_decay: float, nesterov: bool,
-    **cprop_kw: float,
+    **cprop_kw: Any,
 ) -> None:
+    scale = _multi_tensor_scale(grads, cmeans, cm2s, **cprop_kw)  # from the raw gradient (authors' cprop_sgd.py)
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    scale = _multi_tensor_scale(grads, cmeans, cm2s, **cprop_kw)
     direction = grads
     if has_momentum:
         torch._foreach_mul_(bufs, momentum)

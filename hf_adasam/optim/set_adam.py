@@ -14,7 +14,8 @@ Adam's moments, then three operations on each layer's second moment (a layer is 
 Weight decay is decoupled (spec §4). The cosine is scale-free, so it is taken on :math:`v_t`
 itself; and since :math:`w` grows with :math:`v`, :math:`\min_i w_l[i]` is :math:`w` at
 :math:`\min_i v_l[i]`, so the step needs three reductions per tensor (sum, norm, min) and one fused
-element-wise pass.
+element-wise pass. In float16 parameters ε = 1e-16 underflows to 0, so there :math:`\tilde w` is floored at
+float16's smallest normal number (a coordinate whose gradient is always zero stays put instead of 0/0).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_betas, check_common, check_range, run_kernel
+from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel
 
 __all__ = ["SETAdam", "set_adam"]
 
@@ -73,6 +74,9 @@ class SETAdam(KernelOptimizer):
             tau=group["tau"],
             step_size=group["lr"] / (1 - beta1**step),
             bias_correction2=1 - beta2**step,
+            # w~ >= (1 - tau) sqrt(eps), unless eps underflowed in the param dtype (float16): then a floor
+            denom_floor=denominator_floor(params[0].dtype, min(group["eps"], (1 - group["tau"]) * group["eps"] ** 0.5))
+            or None,
             impl=self.impl,
         )
 
@@ -92,6 +96,7 @@ def _single_tensor_set_adam(
     tau: float,
     step_size: float,
     bias_correction2: float,
+    denom_floor: float | None = None,
 ) -> None:
     for x, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
         m.lerp_(g, 1 - beta1)
@@ -103,7 +108,10 @@ def _single_tensor_set_adam(
         w = (v * scale + eps).sqrt()  # E
         w_min = (v32.amin() * scale + eps).sqrt()
         x.mul_(1 - lr * weight_decay)
-        x.sub_(m / (w - w_min * tau) * step_size)  # T
+        denom = w - w_min * tau  # T
+        if denom_floor is not None:
+            denom = denom.clamp(min=denom_floor)
+        x.sub_(m / denom * step_size)
 
 
 def _multi_tensor_set_adam(
@@ -121,6 +129,7 @@ def _multi_tensor_set_adam(
     tau: float,
     step_size: float,
     bias_correction2: float,
+    denom_floor: float | None = None,
 ) -> None:
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -144,6 +153,8 @@ def _multi_tensor_set_adam(
     torch._foreach_sqrt_(mins)
     torch._foreach_mul_(mins, tau)
     torch._foreach_sub_(denom, mins)  # T
+    if denom_floor is not None:
+        torch._foreach_clamp_min_(denom, denom_floor)
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
