@@ -163,14 +163,18 @@ _COMPILE_FAILED: set[Callable[..., None]] = set()
 
 
 def denominator_floor(dtype: torch.dtype, smallest_denominator: float) -> float:
-    """The floor a kernel puts under its denominator in ``dtype``: 0 (none) when the formula's own
-    smallest denominator (from ε) is a normal number of ``dtype``, else the dtype's smallest normal.
+    """The floor a kernel puts under a denominator ~sqrt(v) in ``dtype``: 0 (none) when the formula's own
+    smallest denominator (from ε) is a normal number of ``dtype``, else the square root of the dtype's
+    smallest positive (subnormal) number.
 
-    ε = 1e-8 (and ε² = 1e-16) underflow to 0 in float16, so an always-zero coordinate would be 0/0;
-    in every other dtype the floor is 0 and the kernel computes exactly the formula.
+    ε = 1e-8 (and ε² = 1e-16) underflow to 0 in float16, so an always-zero coordinate would be 0/0, and a
+    coordinate whose v = (1-β2) g² underflowed to 0 would step by m/0. The floor acts only where v is 0
+    (any representable v > 0 has sqrt(v) above it); such a coordinate then steps by at most about
+    (1-β1)/sqrt(1-β2) lr, Adam's usual first-step bound. In float32, bfloat16 and float64 with the
+    default ε the floor is 0 and the kernel computes exactly the formula.
     """
-    tiny = torch.finfo(dtype).tiny
-    return 0.0 if smallest_denominator >= tiny else tiny
+    info = torch.finfo(dtype)
+    return 0.0 if smallest_denominator >= info.tiny else math.sqrt(info.tiny * info.eps)
 
 
 # ----------------------------------------------------------------------------------------------

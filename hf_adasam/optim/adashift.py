@@ -141,10 +141,9 @@ def _single_tensor_adashift(
         old.copy_(g)  # g_t takes the slot of g_{t-n}
         # where closed, v = c = 0: denom = 0 + eps + 1 is finite and denom / gate = inf gives a zero step
         closed = 1 - gate
-        denom = (v / (c + closed)).sqrt() + eps
-        if denom_floor is not None:
-            denom = denom.clamp(min=denom_floor)
-        denom = (denom + closed) / gate
+        if denom_floor is not None:  # on sqrt(v) itself, before the bias correction
+            v = v.clamp(min=denom_floor * denom_floor)
+        denom = ((v / (c + closed)).sqrt() + eps + closed) / gate
         p.mul_(1 - gate * (lr * weight_decay))
         p.sub_(m / denom * lr)
 
@@ -189,11 +188,10 @@ def _multi_tensor_adashift(
     torch._foreach_copy_(oldest_grads, grads)
     closed = torch._foreach_mul(gate, -1.0)
     torch._foreach_add_(closed, 1.0)
-    denom = torch._foreach_div(exp_avg_sqs, torch._foreach_add(bias_correction2s, closed))
+    v = exp_avg_sqs if denom_floor is None else torch._foreach_clamp_min(exp_avg_sqs, denom_floor * denom_floor)
+    denom = torch._foreach_div(v, torch._foreach_add(bias_correction2s, closed))
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
-    if denom_floor is not None:
-        torch._foreach_clamp_min_(denom, denom_floor)
     torch._foreach_add_(denom, closed)
     torch._foreach_div_(denom, gate)  # inf where closed: a zero step
     if weight_decay != 0:

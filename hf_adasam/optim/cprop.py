@@ -99,7 +99,7 @@ class CPropAdam(KernelOptimizer):
             weight_decay=group["weight_decay"],
             step_size=group["lr"] / (1 - beta1**step),
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
-            denom_floor=denominator_floor(params[0].dtype, group["eps"]) or None,
+            denom_floor=denominator_floor(params[0].dtype, group["eps"]) / math.sqrt(1 - beta2**step) or None,
             **_cprop_hyper(group, step, params[0].dtype),
             impl=self.impl,
         )

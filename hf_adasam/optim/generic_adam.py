@@ -16,10 +16,11 @@ correction (constant :math:`\beta, \theta`) and AdaGrad (:math:`\beta=0, \theta_
 The conditions under which this converges are checked by :mod:`hf_adasam.generic_adam`.
 
 Two things the spec leaves open: weight decay, when asked for, is decoupled (the Trainer's
-convention, as in AdaSAM); and the denominator is :math:`\sqrt{v_t}` plus the dtype's smallest
-normal number, which changes nothing unless :math:`v_t = 0` exactly (a gradient that is zero at
-:math:`t=1` with :math:`\theta_1 = 0`, as in AdaGrad, or long runs of zero gradients underflowing
-:math:`v`), where the bare formula gives 0/0 = NaN and this gives a zero step.
+convention, as in AdaSAM); and the denominator is floored at the square root of the dtype's smallest
+positive number (:func:`~hf_adasam.optim._base.denominator_floor`). That changes nothing unless
+:math:`v_t = 0` exactly (a gradient that is zero at :math:`t=1` with :math:`\theta_1 = 0`, as in AdaGrad,
+long runs of zero gradients, or :math:`g^2` underflowing), where the bare formula gives 0/0 = NaN or a step
+of :math:`m/0`, and this gives a step no larger than an ordinary one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_common, check_range, run_kernel
+from ._base import KernelOptimizer, check_common, check_range, denominator_floor, run_kernel
 
 __all__ = ["GenericAdam", "alpha_schedule", "generic_adam", "theta_schedule"]
 
@@ -116,7 +117,7 @@ class GenericAdam(KernelOptimizer):
             beta=float(beta),
             theta=float(theta),
             weight_decay=group["weight_decay"],
-            tiny=torch.finfo(params[0].dtype).tiny,
+            floor=denominator_floor(params[0].dtype, 0.0),  # no eps in the denominator: sqrt(tiny) always
             impl=self.impl,
         )
 
@@ -131,13 +132,13 @@ def _single_tensor_generic_adam(
     beta: float,
     theta: float,
     weight_decay: float,
-    tiny: float,
+    floor: float,
 ) -> None:
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
         p.mul_(1 - lr * weight_decay)
         m.lerp_(g, 1 - beta)
         v.mul_(theta).add_(g * g * (1 - theta))
-        p.sub_(m / (v.sqrt() + tiny) * lr)
+        p.sub_(m / v.sqrt().clamp(min=floor) * lr)
 
 
 def _multi_tensor_generic_adam(
@@ -150,7 +151,7 @@ def _multi_tensor_generic_adam(
     beta: float,
     theta: float,
     weight_decay: float,
-    tiny: float,
+    floor: float,
 ) -> None:
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
@@ -158,7 +159,7 @@ def _multi_tensor_generic_adam(
     torch._foreach_mul_(exp_avg_sqs, theta)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - theta)
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denom, tiny)
+    torch._foreach_clamp_min_(denom, floor)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -lr)
 
 

@@ -1,0 +1,195 @@
+"""The differential net's harness: every optimizer variant, in every impl and parameter dtype, run on a
+random problem and compared with the float64 single-tensor path on the same inputs.
+
+The reference is the plain single-tensor loop in float64, the form closest to the spec's formulas; the
+spec's own test vectors (tests per optimizer) tie that loop to the math. A deviation is measured
+relative to how far the reference moved the weights: ``max |x - x_ref| / max |x_ref - x_0|`` over every
+element of every parameter (a per-tensor relative error means nothing for a tensor that should not move).
+
+``python -m tests._kernel_net`` prints the table of largest deviations (variant x impl x dtype).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+
+IMPLS = ("single", "foreach", "compiled")
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+STEPS = 12
+WD = 0.05  # group 0 decays, group 1 does not
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered optimizer with one choice of knobs; ``build(groups, impl)`` makes it."""
+
+    optim: str  # the registered ``optim=`` name it exercises
+    lr: float
+    build: Callable[[list[dict], str], torch.optim.Optimizer]
+    impls: tuple[str, ...] = IMPLS
+
+
+def _radam(groups: list[dict], impl: str) -> torch.optim.Optimizer:
+    return torch.optim.RAdam(groups, decoupled_weight_decay=True, foreach=impl == "foreach")
+
+
+# AdaShift runs with n = 3 so that 12 steps are mostly updates, not window filling.
+VARIANTS: dict[str, Variant] = {
+    "adasam": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, impl=i)),
+    "adasam_bias_correction": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, bias_correction=True, impl=i)),
+    "set_adam": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, impl=i)),
+    "set_adam_p1_tau0.9": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, p=1.0, tau=0.9, impl=i)),
+    "radam": Variant("radam", 1e-2, _radam, impls=("single", "foreach")),
+    "adai": Variant("adai", 0.1, lambda g, i: Adai(g, lr=0.1, impl=i)),
+    "adaiw": Variant("adaiw", 0.1, lambda g, i: Adai(g, lr=0.1, decoupled=True, impl=i)),
+    "adashift_max": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, impl=i)),
+    "adashift_mean": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, phi="mean", impl=i)),
+    "adashift_none": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, phi="none", impl=i)),
+    "cprop_adam": Variant("cprop_adam", 1e-2, lambda g, i: CPropAdam(g, cprop_beta=0.9, impl=i)),
+    "cprop_sgd": Variant("cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, cprop_beta=0.9, impl=i)),
+    "cprop_sgd_momentum": Variant(
+        "cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, momentum=0.9, dampening=0.1, cprop_beta=0.9, impl=i)
+    ),
+    "cprop_sgd_nesterov": Variant(
+        "cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, momentum=0.9, nesterov=True, cprop_beta=0.9, impl=i)
+    ),
+    "generic_adam": Variant("generic_adam", 1e-2, lambda g, i: GenericAdam(g, impl=i)),
+    "generic_adam_adagrad": Variant(  # AdaGrad: beta = 0, theta_t = 1 - 1/t, alpha_t = lr / sqrt(t)
+        "generic_adam", 1e-2, lambda g, i: GenericAdam(g, beta=0.0, theta=0.0, theta_power=1.0, lr_power=0.5, impl=i)
+    ),
+    "generic_adam_callables": Variant(
+        "generic_adam", 1e-2, lambda g, i: GenericAdam(g, beta=lambda t: 0.9 - 0.4 / t, theta=lambda t: 1 - 0.5 / t,
+                                                       impl=i)
+    ),
+}
+
+SHAPES: tuple[tuple[int, ...], ...] = ((3, 4), (5,), (), (1,), (2, 2, 3))
+GROUP0 = 2  # params[:2] are group 0 (weight decay), the rest group 1 (none, half the lr)
+
+
+@dataclass
+class Problem:
+    """Initial weights and the gradient of every step (``None``: the param has no gradient that step)."""
+
+    x0: list[Tensor]
+    grads: list[list[Tensor | None]]
+    noncontiguous: bool = False
+    groups: int = 2
+    meta: dict = field(default_factory=dict)
+
+    def cast(self, dtype: torch.dtype) -> Problem:
+        """The same problem with every value rounded to ``dtype`` (and held in float64)."""
+
+        def r(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype).to(torch.float64, copy=True)
+
+        return replace(self, x0=[r(x) for x in self.x0], grads=[[r(g) for g in gs] for gs in self.grads])
+
+
+def random_problem(seed: int = 0, steps: int = STEPS, shapes: Sequence[tuple[int, ...]] = SHAPES,
+                   scale: float = 1.0) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    x0 = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) * scale for s in shapes] for _ in range(steps)]
+    return Problem(x0, grads)
+
+
+def _leaf(x: Tensor, dtype: torch.dtype, noncontiguous: bool) -> Tensor:
+    x = x.to(dtype, copy=True)  # never the problem's own tensor: the optimizer writes into it
+    if noncontiguous and x.dim() >= 1 and x.numel() > 1:
+        if x.dim() >= 2:  # a transposed view
+            x = x.transpose(0, 1).contiguous().transpose(0, 1)
+        else:  # every other element of a buffer twice as long
+            buf = torch.zeros(2 * x.numel(), dtype=dtype)
+            buf[::2] = x
+            x = buf[::2]
+        assert not x.is_contiguous()
+    return x.requires_grad_()
+
+
+def _grad(g: Tensor, dtype: torch.dtype, noncontiguous: bool) -> Tensor:
+    g = g.to(dtype, copy=True)
+    if noncontiguous and g.dim() >= 2:
+        g = g.transpose(0, 1).contiguous().transpose(0, 1)
+    return g
+
+
+def lr_at(base: float, group: int, t: int) -> float:
+    """The schedule: a different lr every step, group 1 at half of group 0's."""
+    return base * (1 + 0.5 * math.cos(t)) * (0.5 if group else 1.0)
+
+
+def param_groups(params: list[Tensor], lr: float, groups: int = 2) -> list[dict]:
+    if groups == 1:
+        return [{"params": params, "lr": lr, "weight_decay": WD}]
+    return [{"params": params[:GROUP0], "lr": lr, "weight_decay": WD},
+            {"params": params[GROUP0:], "lr": lr / 2, "weight_decay": 0.0}]
+
+
+def build(name: str, params: list[Tensor], impl: str, groups: int = 2) -> torch.optim.Optimizer:
+    v = VARIANTS[name]
+    return v.build(param_groups(params, v.lr, groups), impl)
+
+
+def run(name: str, impl: str, dtype: torch.dtype, problem: Problem, *, steps: slice = slice(None),
+        params: list[Tensor] | None = None, opt: torch.optim.Optimizer | None = None
+        ) -> tuple[list[Tensor], torch.optim.Optimizer]:
+    """Run ``problem``'s steps (a slice of them) and return the params (in ``dtype``) and the optimizer."""
+    if params is None:
+        params = [_leaf(x, dtype, problem.noncontiguous) for x in problem.x0]
+    if opt is None:
+        opt = build(name, params, impl, problem.groups)
+    base = VARIANTS[name].lr
+    first = steps.start or 0
+    for t, gs in enumerate(problem.grads[steps], start=first + 1):
+        for k, group in enumerate(opt.param_groups):
+            group["lr"] = lr_at(base, k, t)
+        for p, g in zip(params, gs, strict=True):
+            p.grad = None if g is None else _grad(g, dtype, problem.noncontiguous)
+        opt.step()
+    return params, opt
+
+
+def reference(name: str, problem: Problem, dtype: torch.dtype) -> list[Tensor]:
+    """The float64 single-tensor path on ``problem`` rounded to ``dtype`` (the inputs the other run saw)."""
+    cast = replace(problem.cast(dtype), noncontiguous=False)
+    params, _ = run(name, "single", torch.float64, cast)
+    return [p.detach() for p in params]
+
+
+def deviation(got: Sequence[Tensor], ref: Sequence[Tensor], x0: Sequence[Tensor]) -> float:
+    """max |x - x_ref| relative to max |x_ref - x_0| over all elements (inf if a value is not finite)."""
+    err = max((a.detach().double() - b).abs().max().item() if a.numel() else 0.0 for a, b in zip(got, ref,
+                                                                                               strict=True))
+    moved = max((b - x).abs().max().item() if b.numel() else 0.0 for b, x in zip(ref, x0, strict=True))
+    if not math.isfinite(err):
+        return math.inf
+    return err / moved if moved > 0 else (0.0 if err == 0 else math.inf)
+
+
+def measure(name: str, impl: str, dtype: torch.dtype, problem: Problem | None = None) -> float:
+    problem = problem or random_problem()
+    params, _ = run(name, impl, dtype, problem)
+    x0 = problem.cast(dtype).x0
+    return deviation(params, reference(name, problem, dtype), x0)
+
+
+if __name__ == "__main__":  # the closing note's table
+    import time
+
+    names = list(VARIANTS)
+    print("| variant | impl | " + " | ".join(str(d).removeprefix("torch.") for d in DTYPES) + " |")
+    print("|---|---|" + "---:|" * len(DTYPES))
+    start = time.perf_counter()
+    for name in names:
+        for impl in VARIANTS[name].impls:
+            cells = [f"{measure(name, impl, d):.1e}" for d in DTYPES]
+            print(f"| {name} | {impl} | " + " | ".join(cells) + " |", flush=True)
+    print(f"({time.perf_counter() - start:.0f} s)")
