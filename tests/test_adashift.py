@@ -13,7 +13,7 @@ SPEC_GRADS = [(1.0, -2.0), (3.0, 1.0), (-1.0, 1.0), (2.0, 2.0)]
 SPEC_X = [(0.0, 0.0), (0.0, 0.0), (-0.0447368, -0.05), (-0.0674428, -0.1098613)]
 
 
-@pytest.mark.parametrize("impl", ["single", "foreach"])
+@pytest.mark.parametrize("impl", ["single", "foreach", "compiled"])
 def test_matches_spec_vector_float64(impl: str) -> None:
     # The vector is ONE 2-element tensor with phi="max" (max over (1, 4) = 4 at t=3); two separate
     # scalars would take each coordinate's own g^2 and move x3[0] by 0.0894737 instead.
@@ -23,6 +23,24 @@ def test_matches_spec_vector_float64(impl: str) -> None:
         p.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
         torch.testing.assert_close(p.detach(), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=1e-12)
+
+
+# Test B: TWO scalar tensors; the first one's delayed gradient is zero until t = 5, so it is held still
+# (the authors' gate) and its bias correction counts from there
+SPEC_B_GRADS = [(0.0, -2.0), (0.0, 1.0), (-1.0, 1.0), (2.0, 2.0), (1.0, -1.0)]
+SPEC_B_X = [(0.0, 0.0), (0.0, 0.0), (0.0, -0.05), (0.0, -0.1465472), (-0.1473684, -0.1763275)]
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach", "compiled"])
+def test_matches_spec_test_b_two_scalars_one_held_by_the_gate(impl: str) -> None:
+    ps = [torch.zeros((), dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    opt = AdaShift(ps, lr=0.1, eps=1e-10, n=2, impl=impl)
+    for g, want in zip(SPEC_B_GRADS, SPEC_B_X, strict=True):
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi, dtype=torch.float64)
+        opt.step()
+        got = torch.stack([p.detach() for p in ps])
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=1e-12)
 
 
 def _reference_adashift(

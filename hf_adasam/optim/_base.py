@@ -145,7 +145,7 @@ def run_kernel(
         lists = [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensors]
         try:
             compiled(single)(*lists, **as_tensors)
-        except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing/compiling: nothing ran
+        except _COMPILE_ERRORS as err:  # raised while tracing/compiling, before anything ran
             _COMPILE_FAILED.add(single)
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             warnings.warn(
@@ -158,6 +158,9 @@ def run_kernel(
             multi(*tensors, **hyper)
 
 
+# Raised by dynamo/inductor before the graph runs: a kernel it cannot trace (e.g. DTensor shards), a
+# backend failure, or the recompile limit (64 graphs of one kernel: param-group shapes x dtypes x knobs).
+_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 # kernels whose compilation failed in this process: they run their foreach twin from then on
 _COMPILE_FAILED: set[Callable[..., None]] = set()
 

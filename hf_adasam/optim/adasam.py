@@ -95,7 +95,7 @@ def _single_tensor_adasam(
         p.mul_(1 - lr * weight_decay)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
-        torch.maximum(vmax, v, out=vmax)
+        vmax.copy_(torch.maximum(vmax, v))  # not out=vmax: dynamo refuses a non-contiguous out=
         denom = vmax.sqrt() / bias_correction2_sqrt
         if denom_floor is not None:
             denom = denom.clamp(min=denom_floor)
