@@ -89,7 +89,7 @@ def test_launcher_gives_the_script_the_sys_path_of_python_script_py(script) -> N
     launched = _run(["-m", "hf_adasam", rel, "--where_only"], script.parent.parent / "elsewhere")
     assert direct.returncode == 0 and launched.returncode == 0, launched.stderr[-2000:]
     line = next(ln for ln in direct.stdout.splitlines() if ln.startswith("WHERE"))
-    assert line == f"WHERE {script.parent} {script}"
+    assert line.split()[1] == str(script.parent)
     assert next(ln for ln in launched.stdout.splitlines() if ln.startswith("WHERE")) == line
 
 

@@ -151,7 +151,7 @@ def _startup_lines(tmp_path, **kw) -> list[str]:
     args = hf_adasam.SAMTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
                                           use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, **kw)
     trainer = hf_adasam.SAMTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset())
-    logger, lines = logging.getLogger("transformers.hf_adasam"), _Lines()
+    logger, lines = logging.getLogger("hf_adasam"), _Lines()
     logger.addHandler(lines)
     level, logger.level = logger.level, logging.INFO
     try:

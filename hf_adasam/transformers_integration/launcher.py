@@ -77,6 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     patch_transformers()
     sys.argv = [script, *rest]
     # as `python script.py`: the script's own folder (symlinks resolved) first on sys.path, in the place of the
-    # launcher's working directory; __file__ absolute
+    # launcher's working directory; __file__ the path joined to the working directory, not normalised
     sys.path[0] = os.path.dirname(os.path.realpath(script))
-    runpy.run_path(os.path.abspath(script), run_name="__main__")
+    runpy.run_path(script if os.path.isabs(script) else os.path.join(os.getcwd(), script), run_name="__main__")

@@ -37,8 +37,15 @@ from .arguments import (
 )
 from .registration import register
 
-# a child of Transformers' logger: shown when Trainer's own start-up lines are (example scripts set info)
-logger = logging.getLogger("transformers.hf_adasam")
+# the library's logger, with its own stderr handler at INFO (as Transformers has for its own), so the start-up
+# line shows under Transformers' default verbosity; logging.getLogger("hf_adasam").setLevel(...) quiets it
+logger = logging.getLogger("hf_adasam")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin", "SAMTrainingArguments"]
 
@@ -127,7 +134,8 @@ class SAMTrainerMixin:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``, after one log line with the resolved SAM settings; a resumed run restores the policy."""
-        logger.info(self.sam_config.describe())
+        if self.args.should_log:  # the main process (every node's with log_on_each_node)
+            logger.info(self.sam_config.describe())
         if resume_from_checkpoint is True:
             self._sam_resume = get_last_checkpoint(self.args.output_dir)
         elif isinstance(resume_from_checkpoint, str):
