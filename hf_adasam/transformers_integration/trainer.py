@@ -121,7 +121,7 @@ class SAMTrainerMixin:
         return Trainer.get_optimizer_cls_and_kwargs(plain, model)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        opt = super().create_optimizer(model)
+        opt = super().create_optimizer(*(() if model is None else (model,)))  # 5.2's takes no model
         if self.sam_config.on:
             opt.hf_adasam_sam_driver = True  # tells a SAM-requiring optimizer its second pass is run
         return opt
