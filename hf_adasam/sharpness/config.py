@@ -220,6 +220,6 @@ def knob_table() -> str:
     lines = ["| knob (`SAM(...)` keyword, `optim_args` key; `SAMTrainingArguments`: `sam_<knob>`) | default | allowed "
              "| what it does |", "|---|---|---|---|"]
     for f in SAMConfig.knobs():
-        lines.append(f"| `{f.name}` | {SAMConfig.default_text(f.name)} | {f.metadata['allowed']} | "
-                     f"{f.metadata['help']} |")
+        cells = (SAMConfig.default_text(f.name), f.metadata["allowed"], f.metadata["help"])
+        lines.append(f"| `{f.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)

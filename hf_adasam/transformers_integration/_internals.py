@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["CHECKED", "add_enum_member", "optimizer_handlers", "require"]
 
 # the Transformers versions each private use below was read on and tested with (CI: floor and newest)
-CHECKED = "5.3.0 and 5.24.0"
+CHECKED = "5.6.0 and 5.24.0"
 
 
 def require(module: Any, name: str, why: str, instead: str) -> Any:
