@@ -7,19 +7,15 @@ The floors live once, in pyproject.toml's dependencies; CI's floor stage install
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 FLOORED = ("transformers", "accelerate")
 
 
 def floors() -> dict[str, str]:
-    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
-    out = {}
-    for dep in deps:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", dep.strip())
-        if m and m.group(1) in FLOORED:
-            out[m.group(1)] = m.group(2)
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)  # no tomllib on Python 3.10
+    out = dict(re.findall(rf'"({"|".join(FLOORED)})>=([0-9][0-9.]*)"', deps))
     missing = set(FLOORED) - set(out)
     if missing:
         sys.exit(f"pyproject.toml declares no >= floor for {', '.join(sorted(missing))}")

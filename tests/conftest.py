@@ -8,7 +8,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_ADASAM_IMPL", "foreach")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
 # The Transformers integration's tests: CI runs them again on the floor versions (`pytest -m integration`).
 INTEGRATION = {"test_registry.py", "test_sam_trainer.py", "test_sam_integrations.py", "test_launcher.py",

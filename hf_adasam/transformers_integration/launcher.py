@@ -34,8 +34,8 @@ def usage() -> str:
     from ..sharpness.config import SAMConfig
 
     lines = ["usage: python -m hf_adasam path/to/script.py [script arguments ...]", "",
-             __doc__.split("\n\n", 1)[1].strip(), "", "optim names (--optim NAME; knobs go in --optim_args key=value,..."
-             " with these defaults):"]
+             __doc__.split("\n\n", 1)[1].strip(), "",
+             "optim names (--optim NAME; knobs go in --optim_args key=value,... with these defaults):"]
     for e in OPTIMIZERS.values():
         knobs = ", ".join(f"{k}={format_value(v)}" for k, v in e.knobs().items() if k != "impl")
         lines.append(f"  {e.name:<13} {e.cls.__name__}{' + SAM (rho on by default)' if e.sam else ''}: {knobs}")
