@@ -60,7 +60,8 @@ def _with_sam(handler: Any) -> Any:
         return handler
 
     def wrapped(ctx: Any) -> tuple[Any, dict[str, Any]]:
-        sam_on = resolve_sam_config(ctx.args, warn=False).on
+        config = getattr(ctx.args, "sam_config", None) or resolve_sam_config(ctx.args, warn=False)
+        sam_on = config.on
         ctx.optim_args = {k: v for k, v in ctx.optim_args.items() if k not in SAMConfig.__dataclass_fields__}
         cls, kwargs = handler(ctx)
         return (_needs_sam_driver(cls) if sam_on else cls), kwargs
