@@ -114,10 +114,11 @@ class SAMConfig:
     def default_text(name: str, optim: str | None = None, sam_asked: bool | None = None) -> str:
         """The default as a user should read it; for ``rho`` the one that applies to ``optim``."""
         if name == "rho":
+            on = f"{DEFAULT_RHO[False]} (ASAM {DEFAULT_RHO[True]})"
             if sam_asked is None:
-                return "0.05 (ASAM 0.5) where SAM is asked for (SAM(...), optim=adasam), else 0 (SAM off)"
+                return f"{on} where SAM is asked for (SAM(...), optim=adasam), else 0 (SAM off)"
             where = f" for optim={optim}" if optim else ""
-            return f"{DEFAULT_RHO[False]} (ASAM {DEFAULT_RHO[True]}){where}" if sam_asked else f"0 (SAM off){where}"
+            return f"{on}{where}" if sam_asked else f"0 (SAM off){where}"
         return format_value(SAMConfig.__dataclass_fields__[name].default)
 
     @classmethod
