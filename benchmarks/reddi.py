@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hf_adasam.generic_adam import reddi_counterexample
+from hf_adasam.generic_adam_theory import reddi_counterexample
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,20 +1,27 @@
 """hf-adasam: sharpness-aware and adaptive optimizers for the Hugging Face training stack.
 
-Importing the package registers its ``optim`` names with Transformers (see :func:`register`), so
-``TrainingArguments(optim="set_adam")`` validates and ``Trainer`` builds the optimizer. The
-``Trainer`` subclasses load on first use (``hf_adasam.SAMTrainer``), keeping the import light.
+``import hf_adasam`` gives the optimizers, :class:`SAM` and the name table, and imports no Transformers
+code. The Transformers integration loads on first use: ``hf_adasam.register()`` makes the names valid
+``TrainingArguments(optim=...)`` values (``SAMTrainingArguments`` and ``SAMTrainer`` do it themselves),
+and ``hf_adasam.SAMTrainer`` / ``SAMTrainingArguments`` come from
+:mod:`hf_adasam.transformers_integration`.
+
+Layout: :mod:`hf_adasam.optim` (the algorithms), :mod:`hf_adasam.registry` (names → optimizers),
+:mod:`hf_adasam.sharpness` (SAM: config, perturbation, policies, micro-step, ``SAM``),
+:mod:`hf_adasam.transformers_integration` (registration, arguments, trainer, launcher, card),
+:mod:`hf_adasam.generic_adam_theory` (Generic Adam's convergence condition, Reddi's counterexample).
 """
 
 from typing import Any
 
 from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
-from .registry import OPTIMIZERS, create_optimizer, register
-from .sam import SAM
+from .registry import OPTIMIZERS, create_optimizer
+from .sharpness import SAM, SAMConfig
 
 __version__ = "0.1.0"
 
-_TRAINER_NAMES = ("SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin",
-                  "SAMTrainingArguments")
+_INTEGRATION_NAMES = ("SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin",
+                      "SAMTrainingArguments", "register")
 
 __all__ = [
     "OPTIMIZERS",
@@ -25,19 +32,16 @@ __all__ = [
     "CPropAdam",
     "CPropSGD",
     "GenericAdam",
+    "SAMConfig",
     "SETAdam",
     "create_optimizer",
-    "register",
-    *_TRAINER_NAMES,
+    *_INTEGRATION_NAMES,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TRAINER_NAMES:
-        from . import trainer
+    if name in _INTEGRATION_NAMES:
+        from . import transformers_integration
 
-        return getattr(trainer, name)
+        return getattr(transformers_integration, name)
     raise AttributeError(f"module 'hf_adasam' has no attribute {name!r}")
-
-
-register()

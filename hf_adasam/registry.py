@@ -1,4 +1,5 @@
-"""One table from ``optim`` names to optimizers, and its hook into Transformers.
+"""One table from ``optim`` names to optimizers (plain PyTorch; ``hf_adasam.transformers_integration``
+hooks it into Transformers).
 
 Every fact about a name lives in its :class:`OptimEntry`: the class, the paper, which
 ``TrainingArguments`` fields feed which knob, and fixed arguments. Knob defaults are *not* repeated
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 
 from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+from .optim_args import convert, format_value, split_pairs
+from .sharpness.config import SAMConfig
 
-__all__ = ["OPTIMIZERS", "OptimEntry", "create_optimizer", "optimizer_kwargs", "parse_optim_args", "register"]
+__all__ = ["OPTIMIZERS", "OptimEntry", "create_optimizer", "markdown_table", "optimizer_kwargs", "parse_optim_args"]
 
 # Knobs that the Trainer fills itself (param groups carry lr and weight decay) or that select the
 # kernel rather than the algorithm: never set through ``optim_args``.
@@ -75,22 +78,6 @@ OPTIMIZERS: dict[str, OptimEntry] = {
 }
 
 
-# optim_args keys that configure the SAM step rather than the optimizer, with their types (the
-# values' defaults live in hf_adasam.sharpness); SAMTrainingArguments has each as ``sam_<key>``.
-SAM_OPTIM_ARGS: dict[str, Any] = {
-    "rho": 0.0,
-    "adaptive": False,
-    "eta": 0.0,
-    "policy": "",
-    "ae_delta": 0.0,
-    "ae_lambdas": (0.0, 0.0),
-    "looksam_k": 0,
-    "looksam_alpha": 0.0,
-    "sync_perturbation": False,
-    "exact_accumulation": False,
-}
-
-
 def _entry(name: str) -> OptimEntry:
     try:
         return OPTIMIZERS[str(name)]
@@ -98,74 +85,32 @@ def _entry(name: str) -> OptimEntry:
         raise ValueError(f"Unknown optimizer {name!r}; hf-adasam knows: {', '.join(OPTIMIZERS)}") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# optim_args: "key=value,..." typed by the knob's default
-# ----------------------------------------------------------------------------------------------
-def _convert(key: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, tuple):  # betas=0.9:0.999 (',' already separates optim_args)
-            parts = tuple(float(x) for x in raw.split(":"))
-            if len(parts) != len(default):
-                raise ValueError
-            return parts
-        if isinstance(default, str):
-            return raw
-        return float(raw)
-    except ValueError:
-        shown = ":".join(str(x) for x in default) if isinstance(default, tuple) else default
-        raise ValueError(
-            f"optim_args: cannot read {key}={raw!r}; expected a value like the default {key}={shown}"
-        ) from None
-
-
-def _split_pairs(optim_args: str | Mapping[str, str] | None) -> dict[str, str]:
-    if not optim_args:
-        return {}
-    if not isinstance(optim_args, str):
-        return dict(optim_args)
-    pairs: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in optim_args.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"optim_args: {item!r} is not of the form key=value")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def parse_sam_args(optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
-    """The SAM keys of ``optim_args`` (see :data:`SAM_OPTIM_ARGS`), typed."""
-    return {k: _convert(k, v, SAM_OPTIM_ARGS[k]) for k, v in _split_pairs(optim_args).items() if k in SAM_OPTIM_ARGS}
-
-
 def parse_optim_args(name: str, optim_args: str | Mapping[str, str] | None) -> dict[str, Any]:
     """Typed optimizer kwargs from ``optim_args`` (a ``"k=v,k=v"`` string or a parsed mapping).
 
-    SAM keys (:data:`SAM_OPTIM_ARGS`) are skipped here: they configure the SAM step.
+    SAM keys (:class:`~hf_adasam.sharpness.SAMConfig`'s) are skipped here: they configure the SAM step.
     """
     knobs = _entry(name).knobs()
     out: dict[str, Any] = {}
-    for key, raw in _split_pairs(optim_args).items():
-        if key in SAM_OPTIM_ARGS:
+    for key, raw in split_pairs(optim_args).items():
+        if key in SAMConfig.__dataclass_fields__:
             continue
         if key not in knobs:
-            valid = ", ".join(sorted(knobs))
             raise ValueError(
-                f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {valid} "
-                f"(and the SAM keys {', '.join(SAM_OPTIM_ARGS)})"
+                f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {', '.join(sorted(knobs))} "
+                f"(and the SAM keys {', '.join(SAMConfig.names())})"
             )
         default = knobs[key]
         if default is inspect.Parameter.empty:
             default = 0.0  # a required knob is a float
         elif default is None:
             default = ""  # a None default is a string choice (impl)
-        out[key] = _convert(key, raw, default)
+        try:
+            out[key] = convert(raw, default)
+        except ValueError:
+            raise ValueError(f"optim_args: {key}={raw!r} is invalid for optim={name!r}: allowed a value of the "
+                             f"default's type ({type(default).__name__}); default {key}={format_value(default)}"
+                             ) from None
     return out
 
 
@@ -201,131 +146,6 @@ def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.o
     """Build the optimizer registered as ``name`` (plain PyTorch entry, outside ``Trainer``)."""
     entry = _entry(name)
     return entry.cls(params, **{**entry.fixed, **kwargs})
-
-
-# ----------------------------------------------------------------------------------------------
-# Transformers: OptimizerNames members + Trainer handlers
-# ----------------------------------------------------------------------------------------------
-def _reduce_as_str(value: str) -> Any:
-    # Pickles as the plain string, so ``training_args.bin`` loads in a process that never imported
-    # hf_adasam (``TrainingArguments`` accepts the string and converts it again on use).
-    return lambda *_: (str, (value,))
-
-
-def _add_member(enum_cls: Any, name: str, value: str) -> None:
-    if value in enum_cls._value2member_map_:
-        return
-    member = str.__new__(enum_cls, value)
-    member._name_ = name
-    member._value_ = value
-    member.__objclass__ = enum_cls
-    member.__reduce_ex__ = _reduce_as_str(value)
-    member._sort_order_ = len(enum_cls._member_names_)
-    type.__setattr__(enum_cls, name, member)
-    enum_cls._member_map_[name] = member
-    enum_cls._value2member_map_[value] = member
-    enum_cls._member_names_.append(name)
-
-
-def _optim_name(args: Any) -> str:
-    return str(getattr(args.optim, "value", args.optim))
-
-
-def resolve_sam_settings(args: Any) -> dict[str, Any]:
-    """SAM settings from ``args``: ``sam_*`` fields (``SAMTrainingArguments``) over ``optim_args`` keys.
-
-    ``rho`` is resolved to a number: given, else the method's default for a name that asks for SAM
-    (``adasam``), else 0 (off). Unset knobs are left out so the method's defaults apply.
-    """
-    from .sharpness import DEFAULT_RHO
-
-    settings = parse_sam_args(getattr(args, "optim_args", None))
-    for key in SAM_OPTIM_ARGS:
-        value = getattr(args, f"sam_{key}", None)
-        if value is not None:
-            settings[key] = tuple(value) if isinstance(value, list) else value
-    adaptive = bool(settings.get("adaptive", False))
-    if settings.get("rho") is None:
-        entry = OPTIMIZERS.get(_optim_name(args))
-        settings["rho"] = DEFAULT_RHO[adaptive] if entry is not None and entry.sam else 0.0
-    from .sam_step import SAMStep
-
-    SAMStep.validate(settings)
-    return settings
-
-
-_NEEDS_SAM_MESSAGE = (
-    "These TrainingArguments ask for a sharpness-aware step (optim='adasam', or rho>0 in optim_args), "
-    "whose second forward/backward pass plain transformers.Trainer does not run. Use "
-    "hf_adasam.SAMTrainer / SAMSeq2SeqTrainer, or start an unmodified script with "
-    "`python -m hf_adasam script.py ...` (or `accelerate launch -m hf_adasam script.py ...`); "
-    "optim_args='rho=0' runs the base update alone."
-)
-
-
-def _refuse_without_sam_driver(opt: torch.optim.Optimizer, *_: Any) -> None:
-    if not getattr(opt, "hf_adasam_sam_driver", False):
-        raise RuntimeError(_NEEDS_SAM_MESSAGE)
-
-
-def _needs_sam_driver(cls: Any) -> Any:
-    """A stand-in class for ``cls`` whose instances refuse to step unless a SAM driver (``SAMTrainer``) marks them.
-
-    Its ``__new__`` returns a plain ``cls`` with a step pre-hook, so the optimizer keeps its exact class;
-    it is a class (not a function) because Trainer calls a function handler result as a factory.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        return cls
-
-    def new(_stand_in: type, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        opt = cls(*args, **kwargs)
-        opt.register_step_pre_hook(_refuse_without_sam_driver)
-        return opt
-
-    return type(cls.__name__, (cls,), {"__new__": new, "__module__": cls.__module__, "__doc__": cls.__doc__})
-
-
-def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    name = _optim_name(ctx.args)
-    return OPTIMIZERS[name].cls, optimizer_kwargs(name, ctx.args)
-
-
-def _with_sam(handler: Any) -> Any:
-    """Wrap a Trainer optimizer handler: SAM keys leave ``optim_args``; a SAM run gets a guarded class."""
-    if getattr(handler, "hf_adasam_wrapped", False):
-        return handler
-
-    def wrapped(ctx: Any) -> tuple[Any, dict[str, Any]]:
-        sam_on = resolve_sam_settings(ctx.args)["rho"] > 0
-        ctx.optim_args = {k: v for k, v in ctx.optim_args.items() if k not in SAM_OPTIM_ARGS}
-        cls, kwargs = handler(ctx)
-        return (_needs_sam_driver(cls) if sam_on else cls), kwargs
-
-    wrapped.hf_adasam_wrapped = True  # type: ignore[attr-defined]
-    wrapped.__wrapped__ = handler  # type: ignore[attr-defined]
-    return wrapped
-
-
-def register() -> None:
-    """Make every name in :data:`OPTIMIZERS` a valid ``TrainingArguments(optim=...)``. Idempotent.
-
-    ``import hf_adasam`` calls it; call it again only after something replaced Transformers' tables.
-    Every handler (Transformers' own too) learns the SAM keys of ``optim_args``, and an optimizer built
-    for a SAM run refuses to step under a Trainer that does not run the second pass.
-    """
-    import transformers.trainer
-    from transformers import trainer_optimizer
-    from transformers.training_args import OptimizerNames
-
-    # Trainer's own optim_args parser fails on "eps" with "not enough values to unpack"; ours says what is wrong
-    if hasattr(transformers.trainer, "_parse_optim_args"):
-        transformers.trainer._parse_optim_args = _split_pairs
-    handlers = trainer_optimizer._OPTIMIZER_HANDLERS
-    for name in OPTIMIZERS:
-        _add_member(OptimizerNames, name.upper(), name)
-        handlers[name] = _handler
-    for key, handler in handlers.items():
-        handlers[key] = _with_sam(handler)
 
 
 def markdown_table() -> str:

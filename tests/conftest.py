@@ -7,3 +7,15 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_ADASAM_IMPL", "foreach")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+# The Transformers integration's tests: CI runs them again on the floor versions (`pytest -m integration`).
+INTEGRATION = {"test_registry.py", "test_sam_trainer.py", "test_sam_integrations.py", "test_launcher.py",
+               "test_sam_config.py", "test_integration_surface.py", "test_resume.py", "test_distributed.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in INTEGRATION:
+            item.add_marker(pytest.mark.integration)

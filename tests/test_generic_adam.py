@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_adasam.generic_adam import (
+from hf_adasam.generic_adam_theory import (
     check_sufficient_condition,
     generic_adam_schedules,
     polynomial_rate,

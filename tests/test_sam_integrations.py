@@ -55,7 +55,7 @@ from tests._tiny import TokenDataset, tiny_bert
 (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
 trainer = Trainer(model=tiny_bert(), args=args, train_dataset=TokenDataset())
 trainer.train()
-print("RESULT", type(trainer).__name__, trainer.sam.stats.total_second_passes, trainer.sam_settings["policy"])
+print("RESULT", type(trainer).__name__, trainer.sam.stats.total_second_passes, trainer.sam_config.policy)
 """
 
 
@@ -74,7 +74,7 @@ def test_launcher_runs_an_unmodified_hf_argument_parser_script_with_sam(tmp_path
 
 def test_launcher_without_a_script_prints_usage() -> None:
     proc = subprocess.run([sys.executable, "-m", "hf_adasam"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "python -m hf_adasam path/to/run_glue.py" in proc.stdout
+    assert proc.returncode == 2 and "usage: python -m hf_adasam path/to/script.py" in proc.stdout
 
 
 def test_label_smoothing_survives_two_passes_over_one_inputs_dict(tmp_path) -> None:

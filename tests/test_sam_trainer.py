@@ -143,7 +143,7 @@ def test_optim_args_reach_sam_settings(tmp_path) -> None:
     args = _args(tmp_path, cls=TrainingArguments, optim="adasam",
                  optim_args="rho=0.1,policy=ae,ae_delta=0.8,bias_correction=true")
     trainer = SAMTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset())
-    assert trainer.sam_settings["rho"] == 0.1 and trainer.sam_settings["policy"] == "ae"
+    assert trainer.sam_config.rho == 0.1 and trainer.sam_config.policy == "ae"
     trainer.train()
     assert trainer.optimizer.optimizer.defaults["bias_correction"] is True
     assert trainer.sam.policy.delta == 0.8

@@ -212,6 +212,23 @@ def make_compute_metrics(task_name: str) -> Any:
     return compute
 
 
+def majority_baseline(task_name: str, splits: dict[str, Any], eval_split: str) -> dict[str, float]:
+    """The task's metrics for predicting the most frequent training label everywhere (classification only)."""
+    task = GLUE[task_name]
+    if task.labels is None:
+        return {}
+    train_labels = np.asarray(splits.get("train", splits[eval_split])["label"])
+    majority = int(np.bincount(train_labels, minlength=len(task.labels)).argmax())
+    refs = np.asarray(splits[eval_split]["label"])
+    logits = np.zeros((len(refs), len(task.labels)))
+    logits[:, majority] = 1.0
+
+    class _Pred:
+        predictions, label_ids = logits, refs
+
+    return {k: v for k, v in make_compute_metrics(task_name)(_Pred()).items() if k in task.metrics}
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -273,10 +290,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 m = trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=prefix)
                 trainer.log_metrics(split, m)
                 metrics.update(m)
-            trainer.save_metrics("eval", metrics)
             headline = {k[len("eval_"):]: v for k, v in metrics.items()
                         if k.startswith("eval_") and k[len("eval_"):] in task.metrics}
-            print(f"{data_args.task_name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items()))
+            baseline = majority_baseline(data_args.task_name, splits, task.eval_splits[0])
+            metrics.update({f"majority_baseline_{k}": v for k, v in baseline.items()})
+            trainer.save_metrics("eval", metrics)
+            print(f"{data_args.task_name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
+                  + (" (majority-class baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()) + ")"
+                     if baseline else ""))
             if training_args.should_save:
                 write_model_card(training_args.output_dir, CardInfo(
                     model_name=Path(training_args.output_dir).name, base_model=base_model,

@@ -3,73 +3,53 @@
 Everything else stays the Trainer's: the loop, gradient accumulation and its loss scaling,
 clipping, the optimizer and scheduler steps, mixed precision, logging, checkpoints. Each
 micro-batch runs ``Trainer.training_step`` once (plain) or twice (SAM) through
-:class:`hf_adasam.sam_step.SAMStep`, so pass 2's gradients are scaled and accumulated exactly as
+:class:`hf_adasam.sharpness.step.SAMStep`, so pass 2's gradients are scaled and accumulated exactly as
 plain gradients are.
+
+Only public ``Trainer`` methods are overridden (``get_optimizer_cls_and_kwargs``, ``create_optimizer``,
+``create_scheduler``, ``train``, ``training_step``, ``log``, ``create_model_card``); the policy's state
+travels with each checkpoint through a ``TrainerCallback``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
-from .registry import resolve_sam_settings
-from .sam_step import SAMStep, allreduce_grads
+from ..registry import OPTIMIZERS, optimizer_kwargs
+from ..sharpness.config import SAMConfig
+from ..sharpness.step import SAMStep, allreduce_grads
+from .arguments import (
+    SAMSeq2SeqTrainingArguments,
+    SAMTrainingArguments,
+    optim_name,
+    resolve_sam_config,
+    without_sam_keys,
+)
+from .registration import register
 
-logger = logging.getLogger(__name__)
+# the library's logger, with its own stderr handler at INFO (as Transformers has for its own), so the start-up
+# line shows under Transformers' default verbosity; logging.getLogger("hf_adasam").setLevel(...) quiets it
+logger = logging.getLogger("hf_adasam")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin", "SAMTrainingArguments"]
 
 SAM_STATE_NAME = "sam_state_rank{rank}.pt"
-
-
-@dataclass
-class SAMArgumentsMixin:
-    """SAM knobs; ``None`` means "the method's default" (spec §1, §3), or ``optim_args``' value."""
-
-    sam_rho: float | None = field(default=None, metadata={
-        "help": "SAM radius ρ. Default: 0.05 (0.5 with --sam_adaptive) for --optim adasam, else 0 (SAM off)."})
-    sam_adaptive: bool | None = field(default=None, metadata={"help": "ASAM: scale the perturbation by |w|+η."})
-    sam_eta: float | None = field(default=None, metadata={"help": "ASAM's η (default 0.01)."})
-    sam_policy: str | None = field(default=None, metadata={
-        "help": "When to pay the second pass: always, ae, looksam, ae_looksam (default always)."})
-    sam_ae_delta: float | None = field(default=None, metadata={"help": "AE-SAM's EMA factor δ (default 0.9)."})
-    sam_ae_lambdas: list[float] | None = field(default=None, metadata={
-        "help": "AE-SAM's (λ1, λ2) threshold schedule (default -1 1)."})
-    sam_looksam_k: int | None = field(default=None, metadata={
-        "help": "LookSAM: a SAM step every k optimizer steps (default 5)."})
-    sam_looksam_alpha: float | None = field(default=None, metadata={"help": "LookSAM's reuse weight α (default 0.7)."})
-    sam_sync_perturbation: bool | None = field(default=None, metadata={
-        "help": "Average pass-1 gradients across processes (N processes = one with N× the batch)."})
-    sam_exact_accumulation: bool | None = field(default=None, metadata={
-        "help": "One perturbation per optimizer step from the whole accumulated batch (batch b × accumulation k "
-                "then equals batch k·b), instead of one per micro-batch. Runs the passes at the window's last "
-                "micro-batch; the earlier ones are held until then."})
-
-    def sam_settings(self) -> dict[str, Any]:
-        """The resolved SAM settings (``rho == 0`` means off); raises ``ValueError`` for bad values."""
-        return resolve_sam_settings(self)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # type: ignore[misc]
-        self.sam_settings()  # validate at construction
-
-
-@dataclass
-class SAMTrainingArguments(SAMArgumentsMixin, TrainingArguments):
-    """``TrainingArguments`` plus the ``sam_*`` knobs."""
-
-
-@dataclass
-class SAMSeq2SeqTrainingArguments(SAMArgumentsMixin, Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` plus the ``sam_*`` knobs."""
 
 
 def _refuse_unsupported(args: TrainingArguments, *, fsdp: bool = False, deepspeed: bool = False) -> None:
@@ -93,23 +73,56 @@ def _refuse_unsupported(args: TrainingArguments, *, fsdp: bool = False, deepspee
         )
 
 
+class _SAMStateCallback(TrainerCallback):
+    """Writes the policy's state (EMAs, g_v, counters) into each checkpoint, one file per rank."""
+
+    def __init__(self, trainer: SAMTrainerMixin) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        sam = self.trainer.sam
+        if sam is None:
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if os.path.isdir(folder):
+            torch.save(sam.state_dict(), os.path.join(folder, SAM_STATE_NAME.format(rank=args.process_index)))
+
+
 class SAMTrainerMixin:
     """Mix into any ``Trainer`` subclass to make its ``training_step`` sharpness-aware."""
 
     def __init__(self, model: Any = None, args: TrainingArguments | None = None, *rest: Any, **kwargs: Any) -> None:
-        if args is not None and resolve_sam_settings(args)["rho"] > 0:
+        register()  # the optim names (TrainingArguments built before this call already needed them)
+        config = getattr(args, "sam_config", None) or (resolve_sam_config(args) if args is not None else None)
+        if config is not None and config.on:
             _refuse_unsupported(args)  # before Trainer sets up a distributed engine we would refuse anyway
         super().__init__(model, args, *rest, **kwargs)
-        self.sam_settings = resolve_sam_settings(self.args)
+        # resolved once per run: SAMTrainingArguments did it when built; plain TrainingArguments here
+        self.sam_config: SAMConfig = config or resolve_sam_config(self.args)
         self.sam: SAMStep | None = None
-        if self.sam_settings["rho"] > 0:
+        self._sam_resume: str | None = None
+        self.card_info: Any = None  # a card.CardInfo: what a recipe knows of the task, for create_model_card
+        if self.sam_config.on:
             _refuse_unsupported(self.args, fsdp=getattr(self, "is_fsdp_enabled", False),
                                 deepspeed=getattr(self, "is_deepspeed_enabled", False))
+        self.add_callback(_SAMStateCallback(self))
 
     # -- set-up ---------------------------------------------------------------------------------
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args: TrainingArguments, model: Any = None) -> tuple[Any, Any]:
+        """hf-adasam's names from its registry; Transformers' own names from ``Trainer``, without the SAM keys."""
+        name = optim_name(args)
+        if name in OPTIMIZERS:
+            return OPTIMIZERS[name].cls, optimizer_kwargs(name, args)
+        plain = copy.copy(args)
+        plain.optim_args = without_sam_keys(args.optim_args)
+        return Trainer.get_optimizer_cls_and_kwargs(plain, model)
+
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        opt = super().create_optimizer(model)
-        if self.sam_settings["rho"] > 0:
+        opt = super().create_optimizer(*(() if model is None else (model,)))  # 5.2's takes no model
+        if self.sam_config.on:
             opt.hf_adasam_sam_driver = True  # tells a SAM-requiring optimizer its second pass is run
         return opt
 
@@ -119,13 +132,25 @@ class SAMTrainerMixin:
         self._build_sam(num_training_steps)
         return scheduler
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``, after one log line with the resolved SAM settings; a resumed run restores the policy."""
+        if self.args.should_log:  # the main process (every node's with log_on_each_node)
+            logger.info(self.sam_config.describe())
+        if resume_from_checkpoint is True:
+            self._sam_resume = get_last_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str):
+            self._sam_resume = resume_from_checkpoint
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._sam_resume = None
+
     def _build_sam(self, num_training_steps: int) -> None:
-        s = self.sam_settings
-        if s["rho"] <= 0:
+        if not self.sam_config.on:
             self.sam = None
             return
         if self.sam is None:
-            self.sam = SAMStep.build(total_steps=num_training_steps, **s)
+            self.sam = SAMStep.from_config(self.sam_config, total_steps=num_training_steps)
         model = self.model
         low = {p.dtype for p in model.parameters() if p.requires_grad} & {torch.bfloat16, torch.float16}
         if low:
@@ -136,7 +161,16 @@ class SAMTrainerMixin:
                 stacklevel=2,
             )
         self._sam_params = [p for p in model.parameters() if p.requires_grad]
+        self.sam.perturbation.set_names(model.named_parameters())
+        self.sam.perturbation.scaled(self._sam_params)  # asam_scope="weights" without names fails here, not later
         self._held_batches: list[dict[str, Any]] = []
+        if self._sam_resume:
+            path = os.path.join(self._sam_resume, SAM_STATE_NAME.format(rank=self.args.process_index))
+            if os.path.isfile(path):
+                self.sam.load_state_dict(torch.load(path, weights_only=False))
+            else:
+                logger.warning("No %s in %s: the SAM policy restarts from its initial state",
+                               os.path.basename(path), self._sam_resume)
 
     # -- the step -------------------------------------------------------------------------------
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
@@ -174,22 +208,15 @@ class SAMTrainerMixin:
             logs = {**logs, **self.sam.stats.pop_logs()}
         super().log(logs, *args, **kwargs)
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.sam is not None:
-            path = os.path.join(output_dir, SAM_STATE_NAME.format(rank=self.args.process_index))
-            torch.save(self.sam.state_dict(), path)
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Transformers' card plus the optimizer/SAM section and metadata (what ``push_to_hub`` uploads); with
+        ``self.card_info`` set (the recipes), the whole card from hf-adasam's template."""
+        if self.card_info is None:
+            super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            from .card import write_card
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.sam is None:
-            return
-        path = os.path.join(checkpoint, SAM_STATE_NAME.format(rank=self.args.process_index))
-        if os.path.isfile(path):
-            self.sam.load_state_dict(torch.load(path, weights_only=False))
-        else:
-            logger.warning("No %s in %s: the SAM policy restarts from its initial state",
-                           os.path.basename(path), checkpoint)
+            write_card(os.path.join(self.args.output_dir, "README.md"), self, self.card_info, **kwargs)
 
 
 class SAMTrainer(SAMTrainerMixin, Trainer):

@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .sharpness import Always, Perturbation, make_policy
+from .config import SAMConfig
+from .perturbation import Perturbation
+from .policies import Always, policy_from_config
 
 
 @dataclass
@@ -71,30 +73,10 @@ class SAMStep:
     stats: SAMStats = field(default_factory=SAMStats)
 
     @classmethod
-    def build(
-        cls,
-        *,
-        rho: float,
-        adaptive: bool = False,
-        eta: float | None = None,
-        policy: str = "always",
-        sync_perturbation: bool = False,
-        exact_accumulation: bool = False,
-        total_steps: int = 1,
-        **policy_knobs: Any,
-    ) -> SAMStep:
-        """From resolved settings (``rho``, ``adaptive``, ...; see ``registry.SAM_OPTIM_ARGS``); unset knobs
-        take the defaults of :mod:`hf_adasam.sharpness`."""
-        pert_kw: dict[str, Any] = {"rho": rho, "adaptive": adaptive}
-        if eta is not None:
-            pert_kw["eta"] = eta
-        return cls(Perturbation(**pert_kw), make_policy(policy or "always", total_steps=total_steps, **policy_knobs),
-                   sync_perturbation, exact_accumulation)
-
-    @classmethod
-    def validate(cls, settings: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming the knob if ``settings`` would not build."""
-        cls.build(**settings)
+    def from_config(cls, config: SAMConfig, *, total_steps: int = 1) -> SAMStep:
+        """The step for a resolved config (``rho > 0``); ``total_steps`` is AE-SAM's horizon T."""
+        return cls(Perturbation.from_config(config), policy_from_config(config, total_steps),
+                   config.sync_perturbation, config.exact_accumulation)
 
     def micro_step(
         self,

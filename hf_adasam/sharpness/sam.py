@@ -1,7 +1,7 @@
 """``SAM``: the sharpness-aware step for a plain PyTorch / Accelerate loop (outside ``Trainer``).
 
-It runs the same :class:`hf_adasam.sam_step.SAMStep` as ``SAMTrainer`` (one implementation, two
-faces)::
+It runs the same :class:`hf_adasam.sharpness.step.SAMStep` as ``SAMTrainer`` (one implementation, two
+faces); its knobs are :class:`~hf_adasam.sharpness.config.SAMConfig`'s::
 
     base = hf_adasam.AdaSAM(model.parameters(), lr=1e-3)
     opt = hf_adasam.SAM(base, rho=0.05, policy="ae", total_steps=1000)
@@ -21,45 +21,49 @@ resumes both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from .sam_step import SAMStep, allreduce_grads
-from .sharpness import DEFAULT_RHO
+from .config import SAMConfig
+from .step import SAMStep, allreduce_grads
 
 __all__ = ["SAM"]
 
 
 class SAM(torch.optim.Optimizer):
-    """Wrap ``base_optimizer`` with the two-pass step. Knobs as ``SAMTrainingArguments``' ``sam_*`` ones.
+    """Wrap ``base_optimizer`` with the two-pass step. ``**knobs`` are :class:`SAMConfig`'s (``rho``,
+    ``adaptive``, ``eta``, ``asam_scope``, ``policy``, ``ae_delta``, ``ae_lambdas``, ``looksam_k``,
+    ``looksam_alpha``, ``sync_perturbation``), with its defaults; ``rho=None`` takes SAM's (ASAM's with
+    ``adaptive=True``).
 
-    ``rho=None`` takes SAM's default (0.05; ASAM's 0.5 with ``adaptive=True``). ``total_steps`` is
-    AE-SAM's horizon T. Under DDP pass ``no_sync=ddp_model.no_sync``: both passes then skip DDP's
-    all-reduce (per-replica perturbation) and the step's gradients are averaged once before the base step.
+    ``total_steps`` is AE-SAM's horizon T. ``named_parameters`` (``model.named_parameters()``) gives the
+    parameters' names, which ``asam_scope="weights"`` needs. Under DDP pass ``no_sync=ddp_model.no_sync``:
+    both passes then skip DDP's all-reduce (per-replica perturbation) and the step's gradients are
+    averaged once before the base step.
     """
 
     def __init__(
         self,
         base_optimizer: torch.optim.Optimizer,
         *,
-        rho: float | None = None,
-        adaptive: bool = False,
-        eta: float | None = None,
-        policy: str = "always",
-        sync_perturbation: bool = False,
         total_steps: int = 1,
         no_sync: Callable[[], Any] | None = None,
-        **policy_knobs: Any,
+        named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
+        **knobs: Any,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, not {type(base_optimizer).__name__}")
+        if "exact_accumulation" in knobs:
+            raise ValueError("exact_accumulation is a SAMTrainer knob: with hf_adasam.SAM the closure is the batch "
+                             "(run the accumulated micro-batches inside one closure for one perturbation)")
+        self.config = SAMConfig.resolve(knobs, sam_asked=True, source="SAM: ")
         self.base_optimizer = base_optimizer
-        self.sam = SAMStep.build(
-            rho=DEFAULT_RHO[bool(adaptive)] if rho is None else rho, adaptive=adaptive, eta=eta, policy=policy,
-            sync_perturbation=sync_perturbation, total_steps=total_steps, **policy_knobs,
-        )
+        self.sam = SAMStep.from_config(self.config, total_steps=total_steps)
+        if named_parameters is not None:
+            self.sam.perturbation.set_names(named_parameters)
         self.no_sync = no_sync
         self.steps = 0
         super().__init__([p for g in base_optimizer.param_groups for p in g["params"]], {})
@@ -67,6 +71,8 @@ class SAM(torch.optim.Optimizer):
         self.defaults = base_optimizer.defaults
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state
+        if self.sam.perturbation.needs_names:
+            self.sam.perturbation.scaled(self._params())  # fail now, not at the first step
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -100,6 +106,16 @@ class SAM(torch.optim.Optimizer):
         self.steps = int(state_dict["steps"])
 
     def __repr__(self) -> str:
-        p = self.sam.perturbation
-        return (f"SAM(rho={p.rho}, adaptive={p.adaptive}, policy={type(self.sam.policy).__name__}, "
-                f"base={self.base_optimizer!r})")
+        knobs = ", ".join(f"{k}={v!r}" for k, v in self.config.as_dict(active_only=True).items())
+        return f"SAM({knobs}, base={self.base_optimizer!r})"
+
+
+def _signature() -> inspect.Signature:
+    """``SAM.__init__``'s signature with the knobs spelled out (for ``help()`` and IDEs), from :class:`SAMConfig`."""
+    own = list(inspect.signature(SAM.__init__).parameters.values())[:-1]  # drop **knobs
+    knobs = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+             for f in SAMConfig.knobs(trainer=False)]
+    return inspect.Signature([*own, *knobs])
+
+
+SAM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]

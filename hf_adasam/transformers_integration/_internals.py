@@ -1,0 +1,73 @@
+"""Every private Transformers name hf-adasam touches, in this one module.
+
+Everything else in the integration uses public extension points (a ``TrainingArguments`` subclass,
+``Trainer.get_optimizer_cls_and_kwargs`` / ``create_optimizer`` / ``create_scheduler`` / ``train`` /
+``training_step`` / ``log`` / ``create_model_card``, ``TrainerCallback``). What is left here is what
+``--optim adasam`` needs in an *unmodified* script or a plain ``transformers.Trainer``, each use with
+the versions it was checked on. When one has moved, :func:`require` raises at once, naming it and the
+way around it: nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CHECKED", "add_enum_member", "optimizer_handlers", "require"]
+
+# the Transformers versions each private use below was read on and tested with (CI: floor and newest)
+CHECKED = "5.6.0 and 5.24.0"
+
+
+def require(module: Any, name: str, why: str, instead: str) -> Any:
+    """``module.name``, or a ``RuntimeError`` that says what moved, why it is needed and what works instead."""
+    if not hasattr(module, name):
+        import transformers
+
+        raise RuntimeError(
+            f"hf-adasam needs {module.__name__}.{name} ({why}; checked on transformers {CHECKED}), which transformers "
+            f"{transformers.__version__} does not have. {instead}"
+        )
+    return getattr(module, name)
+
+
+_ENUM_INTERNALS = ("_value2member_map_", "_member_map_", "_member_names_")
+
+
+def add_enum_member(enum_cls: Any, name: str, value: str) -> None:
+    """Add ``value`` to ``OptimizerNames`` (an ``ExplicitEnum``), pickling as the plain string.
+
+    Why: ``TrainingArguments.__post_init__`` runs ``OptimizerNames(self.optim)``, so a name outside the
+    enum is refused before any public hook runs. Uses the ``enum`` module's member tables
+    (``_value2member_map_``, ``_member_map_``, ``_member_names_``). Checked: transformers :data:`CHECKED`,
+    Python 3.10-3.12.
+    """
+    for attr in _ENUM_INTERNALS:
+        if not hasattr(enum_cls, attr):
+            raise RuntimeError(f"hf-adasam adds its names to {enum_cls.__qualname__} through enum's {attr}, which this "
+                               f"Python does not have (checked: 3.10-3.12, transformers {CHECKED})")
+    if value in enum_cls._value2member_map_:
+        return
+    member = str.__new__(enum_cls, value)
+    member._name_ = name
+    member._value_ = value
+    member.__objclass__ = enum_cls
+    # pickles as the plain string, so a training_args.bin loads where hf-adasam is not installed
+    member.__reduce_ex__ = lambda *_: (str, (value,))
+    member._sort_order_ = len(enum_cls._member_names_)
+    type.__setattr__(enum_cls, name, member)
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+
+
+def optimizer_handlers() -> dict[str, Any]:
+    """``transformers.trainer_optimizer._OPTIMIZER_HANDLERS``: the table plain ``Trainer`` builds optimizers from.
+
+    Why: a plain ``transformers.Trainer`` (not ``SAMTrainer``, which overrides the public
+    ``get_optimizer_cls_and_kwargs``) looks ``optim`` up in this dict. Exists from transformers 5.2; checked
+    on :data:`CHECKED`.
+    """
+    from transformers import trainer_optimizer
+
+    return require(trainer_optimizer, "_OPTIMIZER_HANDLERS", "plain transformers.Trainer looks optim names up in it",
+                   "Use hf_adasam.SAMTrainer (or `python -m hf_adasam script.py`), which needs only public methods.")

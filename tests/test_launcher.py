@@ -1,0 +1,152 @@
+"""``python -m hf_adasam``: an unmodified HfArgumentParser script that imports a module from its own folder,
+run from another working directory; its card, its --help, and a bad optim_args value failing before the
+model loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hf_adasam import OPTIMIZERS, SAMConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HELPER = '''
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64,
+                                                    max_position_embeddings=12, num_labels=2))
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n=32):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(1, 64, (n, 12), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": (self.x[i, 0] >= 32).long()}
+'''
+
+SCRIPT = '''
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from helper_data import Data, tiny_model  # a module beside this script, as run_qa.py imports utils_qa
+
+
+@dataclass
+class ScriptArguments:
+    where_only: bool = field(default=False, metadata={"help": "print sys.path[0] and __file__, then stop"})
+
+
+if "--where_only" in sys.argv:
+    print("WHERE", sys.path[0], __file__)
+    raise SystemExit(0)
+script_args, args = HfArgumentParser((ScriptArguments, TrainingArguments)).parse_args_into_dataclasses()
+print("MODEL LOADING", flush=True)
+trainer = Trainer(model=tiny_model(), args=args, train_dataset=Data(), eval_dataset=Data(16))
+trainer.train()
+trainer.evaluate()
+trainer.create_model_card(model_name="tiny-run")
+print("RESULT", type(trainer).__name__, trainer.sam.stats.total_second_passes)
+'''
+
+
+@pytest.fixture
+def script(tmp_path) -> Path:
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    (folder / "helper_data.py").write_text(textwrap.dedent(HELPER))
+    path = folder / "train.py"
+    path.write_text(textwrap.dedent(SCRIPT))
+    (tmp_path / "elsewhere").mkdir()
+    return path
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_launcher_gives_the_script_the_sys_path_of_python_script_py(script) -> None:
+    rel = os.path.relpath(script, script.parent.parent / "elsewhere")
+    direct = _run([rel, "--where_only"], script.parent.parent / "elsewhere")
+    launched = _run(["-m", "hf_adasam", rel, "--where_only"], script.parent.parent / "elsewhere")
+    assert direct.returncode == 0 and launched.returncode == 0, launched.stderr[-2000:]
+    line = next(ln for ln in direct.stdout.splitlines() if ln.startswith("WHERE"))
+    assert line.split()[1] == str(script.parent)
+    assert next(ln for ln in launched.stdout.splitlines() if ln.startswith("WHERE")) == line
+
+
+@pytest.mark.slow
+def test_unmodified_script_through_launcher_trains_with_sam_and_its_card_records_it(script, tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "out"
+    proc = _run(["-m", "hf_adasam", str(script), "--output_dir", str(out), "--optim", "adasam", "--optim_args",
+                 "policy=looksam,looksam_k=2", "--max_steps", "4", "--per_device_train_batch_size", "8", "--use_cpu",
+                 "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"], tmp_path / "elsewhere")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    assert result.split()[1:] == ["SAMTrainer", "2"]  # LookSAM k=2: SAM steps at 0 and 2
+    assert "hf-adasam: SAM on: rho=0.05, adaptive=false, policy=looksam, looksam_k=2" in proc.stderr
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()["hf_adasam"]
+    assert meta["optim"] == "adasam" and meta["optimizer_class"] == "hf_adasam.optim.adasam.AdaSAM"
+    assert meta["sam"]["rho"] == 0.05 and meta["sam"]["policy"] == "looksam" and meta["sam"]["looksam_k"] == 2
+    assert meta["sam"]["second_pass_fraction"] == 0.5
+    assert "ρ = 0.05" in card.text and "`optim=adasam`" in card.text and "policy looksam" in card.text
+    assert "hf-adasam" in card.data.tags and "sharpness-aware" in card.data.tags
+    results = card.data.eval_results
+    assert results and results[0].metric_type == "loss" and results[0].metric_value > 0
+
+
+@pytest.mark.slow
+def test_bad_optim_args_fail_before_the_model_loads_with_the_real_default(script, tmp_path) -> None:
+    proc = _run(["-m", "hf_adasam", str(script), "--output_dir", str(tmp_path / "out"), "--optim", "adasam",
+                 "--optim_args", "rho=abc", "--use_cpu"], tmp_path / "elsewhere")
+    assert proc.returncode != 0 and "MODEL LOADING" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith("optim_args: rho='abc' is invalid: allowed a number >= 0; "
+                         "default 0.05 (ASAM 0.5) for optim=adasam"), proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_scripts_own_help_through_the_launcher_shows_the_sam_keys(script, tmp_path) -> None:
+    proc = _run(["-m", "hf_adasam", str(script), "--help"], tmp_path / "elsewhere")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for f in SAMConfig.knobs():
+        assert f"--sam_{f.name}" in text
+        assert f"{f.name} (default {SAMConfig.default_text(f.name)})" in text
+    assert "AnyPrecisionAdamW" not in text  # Transformers' own optim_args help is replaced
+
+
+def test_launcher_help_lists_names_knobs_with_defaults_and_examples() -> None:
+    proc = _run(["-m", "hf_adasam", "--help"], ROOT)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    for name in OPTIMIZERS:
+        assert any(ln.startswith(f"  {name} ") for ln in lines), name
+    assert "  adashift      AdaShift: betas=0.9:0.999, eps=1e-10, n=10, phi=max" in lines
+    for f in SAMConfig.knobs():
+        assert any(ln.startswith(f"  {f.name}") and f"default {SAMConfig.default_text(f.name)}" in ln
+                   for ln in lines), f.name
+    assert "  ae_delta           default 0.9; allowed a number in [0, 1)" in lines
+    assert "examples:" in lines and any("torchrun --nproc_per_node 2 -m hf_adasam" in ln for ln in lines)
