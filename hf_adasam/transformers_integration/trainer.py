@@ -143,6 +143,10 @@ class SAMTrainerMixin:
             plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if getattr(self, "is_fsdp_enabled", False) \
                 else None
             _refuse_unsupported(self.args, fsdp_plugin=plugin, deepspeed=getattr(self, "is_deepspeed_enabled", False))
+            if self.args.fsdp and plugin is None:  # e.g. on CPU, where Accelerate runs a fsdp= job as DDP
+                logger.warning("hf-adasam: FSDP was asked (fsdp=%r) but Accelerate runs this job as %s, not FSDP: SAM "
+                               "runs as under DDP (parameters not sharded)", self.args.fsdp,
+                               self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
 
     # -- set-up ---------------------------------------------------------------------------------

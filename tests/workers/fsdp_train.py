@@ -204,14 +204,14 @@ def check_mixed_precision(out: dict, rank: int) -> None:
         param_dtypes=sorted({str(p.dtype) for p in sharded.parameters()}))
 
 
-def check_optimizers(out: dict, variants: list[str], impls: list[str]) -> None:
+def check_optimizers(out: dict, variants: list[str], impls: list[str], device: str = "cpu") -> None:
     """Each optimizer under FSDP2 without SAM against its unsharded run (float32) and a float64 run."""
     for name in variants:
         v = VARIANTS[name]
         for impl in impls:
             if impl not in v.impls:
                 continue
-            ref = tiny_bert(num_labels=3)  # 3 labels: the classifier's (3, 32) and (3,) shard unevenly
+            ref = tiny_bert(num_labels=3).to(device)  # 3 labels: the classifier's (3, 32) and (3,) shard unevenly
             r64 = copy.deepcopy(ref).double()
             sharded = shard(copy.deepcopy(ref))
             start = [p.detach().clone().double() for p in ref.parameters()]
@@ -219,7 +219,7 @@ def check_optimizers(out: dict, variants: list[str], impls: list[str]) -> None:
             for t in range(STEPS):
                 g = torch.Generator().manual_seed(t)
                 for a, b, c in zip(ref.parameters(), r64.parameters(), sharded.parameters(), strict=True):
-                    grad = torch.randn(a.shape, generator=g) * (1 + t)
+                    grad = (torch.randn(a.shape, generator=g) * (1 + t)).to(device)
                     a.grad, b.grad = grad.clone(), grad.double()
                     c.grad = distribute_tensor(grad, c.device_mesh, c.placements)
                 for o in opts:
