@@ -84,6 +84,13 @@ def test_plain_sam_wrapper_under_fsdp2_and_resume(ranks) -> None:
         assert r["resume_max_abs_diff"] == 0.0
 
 
+def test_lora_under_fsdp2_perturbs_and_trains_only_the_adapters(ranks) -> None:
+    for r in ranks:
+        res = r["lora"]
+        assert res["trainable"] == 8 and res["frozen_unchanged"]  # frozen shards never moved, not even by e
+        assert res["moved"] > 1e-2 and res["dev"] <= 1e-9, res  # float64, against one process on the whole batch
+
+
 def test_mixed_precision_policy(ranks) -> None:
     for r in ranks:
         res = r["mixed_precision"]

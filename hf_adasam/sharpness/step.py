@@ -153,7 +153,7 @@ class SAMStep:
 
     def _announce(self, sharded: bool) -> None:
         self.sharded = sharded
-        if sharded:
+        if sharded and dist.get_rank() == 0:
             logger.info(
                 "hf-adasam: parameters are sharded (FSDP2): each pass reduce-scatters, so the perturbation comes from "
                 "the gradient averaged over all ranks (sync_perturbation=true in effect%s); ||g||, ||e|| and the "

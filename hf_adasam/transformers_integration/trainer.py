@@ -204,6 +204,7 @@ class SAMTrainerMixin:
         self.sam.perturbation.set_names(model.named_parameters())
         self.sam.perturbation.scaled(self._sam_params)  # asam_scope="weights" without names fails here, not later
         self._held_batches: list[dict[str, Any]] = []
+        self._sam_params_checked = False
         if self._sam_resume:
             path = os.path.join(self._sam_resume, SAM_STATE_NAME.format(rank=self.args.process_index))
             if os.path.isfile(path):
@@ -216,6 +217,13 @@ class SAMTrainerMixin:
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
         if self.sam is None:
             return super().training_step(model, inputs, num_items_in_batch)
+        if not self._sam_params_checked:  # the parameters the step perturbs must be the ones being trained
+            self._sam_params_checked = True
+            current = [p for p in model.parameters() if p.requires_grad]
+            if {id(p) for p in current} != {id(p) for p in self._sam_params}:  # e.g. a wrapper replaced them
+                self._sam_params = current
+                self.sam.perturbation.set_names(model.named_parameters())
+                self.sam.perturbation.scaled(self._sam_params)
 
         def backward(batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
             # a fresh dict per pass: compute_loss pops "labels" under label smoothing

@@ -204,6 +204,47 @@ def check_mixed_precision(out: dict, rank: int) -> None:
         param_dtypes=sorted({str(p.dtype) for p in sharded.parameters()}))
 
 
+def check_lora(out: dict, rank: int) -> None:
+    """LoRA (PEFT) under FSDP2, float64: only the adapters are perturbed and trained; against one process."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora_model() -> torch.nn.Module:
+        model = get_peft_model(tiny_bert(num_labels=3, dtype=torch.float64),
+                               LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights="gaussian"))
+        return model
+
+    ref = lora_model()
+    start = [p.detach().clone() for p in ref.parameters()]
+    sharded = copy.deepcopy(ref)
+    for layer in sharded.base_model.model.bert.encoder.layer:
+        fully_shard(layer)
+    fully_shard(sharded)
+
+    def run(model, parts):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2, foreach=True)
+        sam = SAMStep.from_config(SAMConfig.resolve({"rho": 0.05, "sync_perturbation": True}, sam_asked=True))
+        for t in range(STEPS):
+            ids, labels = batches(t, 0)
+
+            def backward(ids=ids, labels=labels):
+                for part in parts:
+                    (model(input_ids=ids[part], labels=labels[part]).loss / len(parts)).backward()
+                return torch.zeros(())
+
+            sam.micro_step(params, backward, t=t)
+            opt.step()
+            opt.zero_grad()
+
+    run(ref, [slice(None)])
+    run(sharded, [HALVES[rank]])
+    dev, moved = rel_dev(sharded, ref, start)
+    frozen_still = all(torch.equal(full(p), s) for p, s in zip(sharded.parameters(), start, strict=True)
+                       if not p.requires_grad)
+    out["lora"] = dict(dev=dev, moved=moved, frozen_unchanged=frozen_still,
+                       trainable=sum(p.requires_grad for p in sharded.parameters()))
+
+
 def check_optimizers(out: dict, variants: list[str], impls: list[str], device: str = "cpu") -> None:
     """Each optimizer under FSDP2 without SAM against its unsharded run (float32) and a float64 run."""
     for name in variants:
@@ -264,7 +305,7 @@ def check_timing(out: dict, rank: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--checks", default="sam,wrapper,mp,optim,timing")
+    ap.add_argument("--checks", default="sam,wrapper,lora,mp,optim,timing")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--impls", default="single,foreach")
     a = ap.parse_args()
@@ -277,6 +318,8 @@ def main() -> None:
         check_sam(out, rank)
     if "wrapper" in checks:
         check_wrapper_and_resume(out, rank, a.out)
+    if "lora" in checks:
+        check_lora(out, rank)
     if "mp" in checks:
         check_mixed_precision(out, rank)
     if "optim" in checks:
