@@ -118,8 +118,11 @@ def test_report(ranks) -> None:
     for case in SAM_CASES:
         res = ranks[0][case]
         print(f"{case:16s} f32 vs halves {res['dev_halves32']:.2e}  f32 vs whole {res['dev_whole32']:.2e}  "
-              f"ref whole-vs-halves {res['ref_whole_vs_halves32']:.2e}  f64 {res['dev_whole64']:.2e}  "
-              f"state bytes/rank {[r[case]['state_bytes'] for r in ranks]} (unsharded {res['ref_state_bytes']})")
+              f"ref whole-vs-halves {res['ref_whole_vs_halves32']:.2e}  "
+              f"f32 vs halves without key biases {res['dev_halves32_without_key_bias']:.2e}  "
+              f"f64 {res['dev_whole64']:.2e}  "
+              f"state bytes/rank {[r[case]['state_bytes'] for r in ranks]} (unsharded {res['ref_state_bytes']}) "
+              f"worst {res['worst_param32']}")
     print("wrapper", ranks[0]["wrapper_looksam_adasam"], "resume", ranks[0]["resume_max_abs_diff"])
     for key, res in ranks[0].items():
         if key.startswith("optim/"):
