@@ -113,7 +113,7 @@ class SAMStep:
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
             reduce = reduction_for(live)
-            if self.sharded is None:
+            if self.sharded is None and live:
                 self._announce(reduce.sharded)
             if self.sync_perturbation and _distributed() and not reduce.sharded:
                 _allreduce_mean(grads)
