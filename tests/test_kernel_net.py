@@ -340,3 +340,27 @@ def test_readme_says_how_far_a_nonfinite_gradient_spreads(optim: str, bad: float
     for impl in VARIANTS[name].impls:
         got, _ = run(name, impl, torch.float32, problem)
         assert _spread(got) == claimed, f"{optim}/{impl}: README says {claimed}"
+
+
+def test_a_kernel_says_once_that_it_compiles(monkeypatch) -> None:
+    """One line the first time a kernel compiles: which kernel, for how many tensors, roughly how long, and how to
+    skip it (a first step that compiles for a minute must not look hung)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    monkeypatch.setattr(_base, "_ANNOUNCED", set())
+    keep = Keep()
+    logging.getLogger("hf_adasam").addHandler(keep)
+    try:
+        run("adasam", "compiled", torch.float32, random_problem(9, steps=3))
+        run("adasam", "foreach", torch.float32, random_problem(9, steps=3))
+    finally:
+        logging.getLogger("hf_adasam").removeHandler(keep)
+    assert len(lines) == 1, lines
+    assert "compiling the adasam kernel for 3 tensors (float32, cpu)" in lines[0].replace(str(net.DEVICE.type), "cpu")
+    assert "HF_ADASAM_IMPL=foreach" in lines[0]
