@@ -12,6 +12,7 @@ element of every parameter (a per-tensor relative error means nothing for a tens
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,9 @@ from torch import Tensor
 from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
 
 IMPLS = ("single", "foreach", "compiled")
+# where the optimizers run (the float64 reference always runs on the CPU): `HF_ADASAM_NET_DEVICE=cuda pytest
+# tests/test_kernel_net.py` is the net on a GPU
+DEVICE = torch.device(os.environ.get("HF_ADASAM_NET_DEVICE", "cpu"))
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 STEPS = 12
 WD = 0.05  # group 0 decays, group 1 does not
@@ -103,21 +107,22 @@ def random_problem(seed: int = 0, steps: int = STEPS, shapes: Sequence[tuple[int
     return Problem(x0, grads)
 
 
-def _leaf(x: Tensor, dtype: torch.dtype, noncontiguous: bool) -> Tensor:
-    x = x.to(dtype, copy=True)  # never the problem's own tensor: the optimizer writes into it
+def _leaf(x: Tensor, dtype: torch.dtype, noncontiguous: bool, device: torch.device | None = None) -> Tensor:
+    device = DEVICE if device is None else device
+    x = x.to(device, dtype, copy=True)  # never the problem's own tensor: the optimizer writes into it
     if noncontiguous and x.dim() >= 1 and x.numel() > 1:
         if x.dim() >= 2:  # a transposed view
             x = x.transpose(0, 1).contiguous().transpose(0, 1)
         else:  # every other element of a buffer twice as long
-            buf = torch.zeros(2 * x.numel(), dtype=dtype)
+            buf = torch.zeros(2 * x.numel(), dtype=dtype, device=x.device)
             buf[::2] = x
             x = buf[::2]
         assert not x.is_contiguous()
     return x.requires_grad_()
 
 
-def _grad(g: Tensor, dtype: torch.dtype, noncontiguous: bool) -> Tensor:
-    g = g.to(dtype, copy=True)
+def _grad(g: Tensor, dtype: torch.dtype, noncontiguous: bool, device: torch.device) -> Tensor:
+    g = g.to(device, dtype, copy=True)
     if noncontiguous and g.dim() >= 2:
         g = g.transpose(0, 1).contiguous().transpose(0, 1)
     return g
@@ -141,11 +146,11 @@ def build(name: str, params: list[Tensor], impl: str, groups: int = 2) -> torch.
 
 
 def run(name: str, impl: str, dtype: torch.dtype, problem: Problem, *, steps: slice = slice(None),
-        params: list[Tensor] | None = None, opt: torch.optim.Optimizer | None = None
-        ) -> tuple[list[Tensor], torch.optim.Optimizer]:
+        params: list[Tensor] | None = None, opt: torch.optim.Optimizer | None = None,
+        device: torch.device | None = None) -> tuple[list[Tensor], torch.optim.Optimizer]:
     """Run ``problem``'s steps (a slice of them) and return the params (in ``dtype``) and the optimizer."""
     if params is None:
-        params = [_leaf(x, dtype, problem.noncontiguous) for x in problem.x0]
+        params = [_leaf(x, dtype, problem.noncontiguous, device) for x in problem.x0]
     if opt is None:
         opt = build(name, params, impl, problem.groups)
     base = VARIANTS[name].lr
@@ -154,7 +159,7 @@ def run(name: str, impl: str, dtype: torch.dtype, problem: Problem, *, steps: sl
         for k, group in enumerate(opt.param_groups):
             group["lr"] = lr_at(base, k, t)
         for p, g in zip(params, gs, strict=True):
-            p.grad = None if g is None else _grad(g, dtype, problem.noncontiguous)
+            p.grad = None if g is None else _grad(g, dtype, problem.noncontiguous, p.device)
         opt.step()
     return params, opt
 
@@ -162,14 +167,14 @@ def run(name: str, impl: str, dtype: torch.dtype, problem: Problem, *, steps: sl
 def reference(name: str, problem: Problem, dtype: torch.dtype) -> list[Tensor]:
     """The float64 single-tensor path on ``problem`` rounded to ``dtype`` (the inputs the other run saw)."""
     cast = replace(problem.cast(dtype), noncontiguous=False)
-    params, _ = run(name, "single", torch.float64, cast)
+    params, _ = run(name, "single", torch.float64, cast, device=torch.device("cpu"))
     return [p.detach() for p in params]
 
 
 def deviation(got: Sequence[Tensor], ref: Sequence[Tensor], x0: Sequence[Tensor]) -> float:
     """max |x - x_ref| relative to max |x_ref - x_0| over all elements (inf if a value is not finite)."""
-    err = max((a.detach().double() - b).abs().max().item() if a.numel() else 0.0 for a, b in zip(got, ref,
-                                                                                               strict=True))
+    err = max((a.detach().cpu().double() - b).abs().max().item() if a.numel() else 0.0
+              for a, b in zip(got, ref, strict=True))
     moved = max((b - x).abs().max().item() if b.numel() else 0.0 for b, x in zip(ref, x0, strict=True))
     if not math.isfinite(err):
         return math.inf

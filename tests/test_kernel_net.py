@@ -168,7 +168,7 @@ def test_situations_in_float32_stay_within_the_float64_reference(name: str, impl
     assert all(torch.isfinite(p).all() for p in got)
     if situation == "grad_scale_1e-30":
         moved = max((r - x).abs().max().item() for r, x in zip(ref, x0, strict=True))
-        went = max((p.double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
+        went = max((p.detach().cpu().double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
         ulp = max(torch.finfo(torch.float32).eps * x.abs().max().item() for x in x0)
         assert went <= moved * (1 + 1e-4) + ulp, f"moved {went:.2e}, the float64 reference {moved:.2e}"
     else:
@@ -191,7 +191,7 @@ def test_float32_gradients_whose_square_overflows_behave_as_documented(name: str
         x0 = problem.cast(torch.float32).x0
         ref = reference(name, problem, torch.float32)
         moved = max((r - x).abs().max().item() for r, x in zip(ref, x0, strict=True))
-        went = max((p.double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
+        went = max((p.detach().cpu().double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
         assert went <= moved * (1 + 1e-4), f"moved {went:.2e}, the float64 reference {moved:.2e}"
 
 
@@ -264,7 +264,7 @@ def test_a_tensor_lr_is_read_like_the_float(name: str, impl: str) -> None:
         for k, group in enumerate(opt.param_groups):
             group["lr"] = torch.tensor(net.lr_at(VARIANTS[name].lr, k, t))
         for p, g in zip(params, gs, strict=True):
-            p.grad = g.float()
+            p.grad = g.float().to(p.device)
         opt.step()
     for a, b in zip(params, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -340,3 +340,27 @@ def test_readme_says_how_far_a_nonfinite_gradient_spreads(optim: str, bad: float
     for impl in VARIANTS[name].impls:
         got, _ = run(name, impl, torch.float32, problem)
         assert _spread(got) == claimed, f"{optim}/{impl}: README says {claimed}"
+
+
+def test_a_kernel_says_once_that_it_compiles(monkeypatch) -> None:
+    """One line the first time a kernel compiles: which kernel, for how many tensors, roughly how long, and how to
+    skip it (a first step that compiles for a minute must not look hung)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    monkeypatch.setattr(_base, "_ANNOUNCED", set())
+    keep = Keep()
+    logging.getLogger("hf_adasam").addHandler(keep)
+    try:
+        run("adasam", "compiled", torch.float32, random_problem(9, steps=3))
+        run("adasam", "foreach", torch.float32, random_problem(9, steps=3))
+    finally:
+        logging.getLogger("hf_adasam").removeHandler(keep)
+    assert len(lines) == 1, lines
+    assert "compiling the adasam kernel for 3 tensors (float32, cpu)" in lines[0].replace(str(net.DEVICE.type), "cpu")
+    assert "HF_ADASAM_IMPL=foreach" in lines[0]

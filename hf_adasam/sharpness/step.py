@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import math
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -37,12 +36,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .._logging import logger
 from ..sharding import is_sharded, local, reduction_for, state_bytes
 from .config import SAMConfig
 from .perturbation import Perturbation
 from .policies import Always, policy_from_config
-
-logger = logging.getLogger("hf_adasam")
 
 
 @dataclass

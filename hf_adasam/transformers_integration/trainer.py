@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .._logging import logger  # shows the start-up line under Transformers' default verbosity
 from ..registry import OPTIMIZERS, optimizer_kwargs
 from ..sharpness.config import SAMConfig
 from ..sharpness.step import SAMStep, allreduce_grads
@@ -37,16 +37,6 @@ from .arguments import (
     without_sam_keys,
 )
 from .registration import register
-
-# the library's logger, with its own stderr handler at INFO (as Transformers has for its own), so the start-up
-# line shows under Transformers' default verbosity; logging.getLogger("hf_adasam").setLevel(...) quiets it
-logger = logging.getLogger("hf_adasam")
-if not logger.handlers:
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin", "SAMTrainingArguments"]
 
