@@ -9,6 +9,7 @@ and ``hf_adasam.SAMTrainer`` / ``SAMTrainingArguments`` come from
 Layout: :mod:`hf_adasam.optim` (the algorithms), :mod:`hf_adasam.registry` (names → optimizers),
 :mod:`hf_adasam.sharpness` (SAM: config, perturbation, policies, micro-step, ``SAM``),
 :mod:`hf_adasam.transformers_integration` (registration, arguments, trainer, launcher, card),
+:mod:`hf_adasam.sharding` (FSDP2: shard-local work and the all-reduces that make statistics global),
 :mod:`hf_adasam.generic_adam_theory` (Generic Adam's convergence condition, Reddi's counterexample).
 """
 

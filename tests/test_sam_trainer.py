@@ -176,12 +176,29 @@ def test_bf16_weights_warn(tmp_path) -> None:
         trainer.train()
 
 
-def test_fsdp_is_refused_at_start_with_what_to_use_instead(tmp_path) -> None:
+def test_fsdp1_and_deepspeed_are_refused_at_start_naming_fsdp2_and_ddp(tmp_path) -> None:
+    # FSDP2 is supported since issue 10 (tests/test_fsdp.py); FSDP1 and DeepSpeed stay refused, now naming FSDP2.
     # TrainingArguments accepts fsdp only under a distributed launch; set it afterwards as such a launch would
     args = _args(tmp_path, optim="adasam")
     args.fsdp = ["full_shard"]
-    with pytest.raises(ValueError, match=r"FSDP.*Use DDP or a single device"):
+    args.fsdp_config = {"version": 1}
+    with pytest.raises(ValueError, match=r"FSDP version 1.*Use FSDP2.*or DDP"):
         SAMTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset())
+    args = _args(tmp_path, optim="adasam")
+    args.deepspeed = {"zero_optimization": {"stage": 2}}
+    with pytest.raises(ValueError, match=r"DeepSpeed.*Use FSDP2.*DDP"):
+        SAMTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset())
+
+
+def test_fsdp2_arguments_pass_sams_start_checks(tmp_path) -> None:
+    # (Trainer itself wants a distributed launch for fsdp; the FSDP2 runs are tests/test_fsdp.py's)
+    from hf_adasam.transformers_integration.trainer import _refuse_unsupported
+
+    args = _args(tmp_path, optim="adasam")
+    args.fsdp = ["full_shard"]
+    for config in ({"version": 2}, {}):  # Transformers' default version is 2
+        args.fsdp_config = config
+        _refuse_unsupported(args)
 
 
 def test_trains_loss_down(tmp_path) -> None:

@@ -6,6 +6,13 @@ single-tensor path (a plain loop, the reference) and a multi-tensor path built f
 The third implementation, ``"compiled"``, is the multi-tensor kernel run through
 ``torch.compile``: inductor fuses each tensor's chain of element-wise ops into one loop (C++ on
 CPU, Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does.
+
+Sharded parameters (FSDP2's DTensors): the state is created like the parameter (DTensors, as
+``torch.optim``'s under FSDP2, so FSDP2's checkpointing sees it), and every kernel, in every impl, runs on
+the local shards (``to_local()``: plain tensors, so ``compiled`` compiles them as usual). Element-wise
+updates need nothing more; a statistic over a whole tensor or over all parameters is made whole by an
+all-reduce over the shards (:mod:`hf_adasam.sharding`) before the kernel uses it (AdaShift's φ, SET-Adam's
+cosine and minimum, Adai's v̄). The first sharded step logs what it does.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .._logging import logger
+from ..sharding import Reduction, local, reduction_for
 
 Impl = Literal["compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
@@ -216,6 +224,8 @@ class KernelOptimizer(torch.optim.Optimizer):
     """
 
     state_buffers: tuple[str, ...] = ()
+    # what the sharded path does beyond running the kernels on the shards (the start-up log line)
+    sharded_statistics: str = "element-wise update: nothing to reduce"
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], impl: str | None = None) -> None:
         self.impl = resolve_impl(impl)
@@ -264,7 +274,22 @@ class KernelOptimizer(torch.optim.Optimizer):
         return buckets
 
     def buffers(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
-        return [[self.state[p][n] for p in params] for n in names]
+        """The state buffers ``names`` of ``params``, as the kernels take them (local shards under FSDP2)."""
+        return [[local(self.state[p][n]) for p in params] for n in names]
+
+    def lists(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
+        """(params, grads, *buffers) as the kernels take them: local shards under FSDP2, else the tensors."""
+        return [[local(p) for p in params], [local(p.grad) for p in params], *self.buffers(params, *names)]
+
+    def reduction(self, params: list[Tensor]) -> Reduction:
+        """How whole-tensor statistics of ``params`` are made whole: :data:`~hf_adasam.sharding.LOCAL` when
+        unsharded; an all-reduce over the shards for DTensors (said once, at the first sharded step)."""
+        red = reduction_for(params)
+        if red.sharded and not getattr(self, "_said_sharded", False):
+            self._said_sharded = True
+            logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each rank's "
+                        "shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
+        return red
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         raise NotImplementedError
@@ -278,6 +303,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             hyper = scalar_hyper(group)
             for (_, _, step), params in self.gather(group).items():
+                self.reduction(params)
                 self.update_bucket(hyper, params, step)
         return loss
 

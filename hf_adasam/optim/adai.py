@@ -38,6 +38,8 @@ __all__ = ["Adai", "adai", "adai_second_moment"]
 class Adai(KernelOptimizer):
     """Adai (spec §6); ``decoupled=True`` is AdaiW. ``lr`` is on SGD's scale and has no default."""
 
+    sharded_statistics = "the mean of v_hat over all parameters from one all-reduce of the shards' sums per step"
+
     # bias_correction1 holds 1 - P_t rather than P_t: near P = 1 (beta1 = 1 - eps) bf16 cannot tell P
     # from 1 (it rounds 1 - 1e-3 to 1, giving m / 0), while 1 - P keeps its relative precision there
     state_buffers = ("exp_avg", "exp_avg_sq", "bias_correction1")
@@ -75,6 +77,9 @@ class Adai(KernelOptimizer):
             return loss
         # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
         sums = [self.second_moment(group, params, step) for group, params, step in buckets]
+        red = self.reduction([p for _, params, _ in buckets for p in params])
+        if red.sharded:  # each rank summed its shards: one all-reduce makes the sums whole (numel is global)
+            sums = red.combined(sums, "Adai's mean of v_hat")
         numel = sum(p.numel() for _, params, _ in buckets for p in params)
         if len(sums) == 1:
             vhat_mean = sums[0] / numel
@@ -95,9 +100,7 @@ class Adai(KernelOptimizer):
         total = torch.zeros((), dtype=acc_dtype, device=params[0].device)
         _, beta2 = group["betas"]
         adai_second_moment(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, "exp_avg_sq"),
+            *self.lists(params, "exp_avg_sq"),
             [total],
             beta2=beta2,
             weight_decay=group["weight_decay"],
@@ -113,9 +116,7 @@ class Adai(KernelOptimizer):
         beta0, beta2 = group["betas"]
         decay = group["weight_decay"] != 0
         adai(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *self.lists(params, *self.state_buffers),
             lr=group["lr"],
             beta0=beta0,
             eps=group["eps"],

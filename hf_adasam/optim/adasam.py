@@ -61,9 +61,7 @@ class AdaSAM(KernelOptimizer):
         beta1, beta2 = group["betas"]
         bc1, bc2 = (1 - beta1**step, 1 - beta2**step) if group["bias_correction"] else (1.0, 1.0)
         adasam(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *self.lists(params, *self.state_buffers),
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,

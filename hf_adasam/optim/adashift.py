@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..sharding import Reduction, local
 from ._base import KernelOptimizer, check_betas, check_common, denominator_floor, run_kernel
 
 __all__ = ["AdaShift", "adashift"]
@@ -39,6 +40,8 @@ class AdaShift(KernelOptimizer):
     """AdaShift (spec §7): Adam with a temporally shifted second moment over a window of ``n`` gradients."""
 
     state_buffers = ("exp_avg",)
+    sharded_statistics = ("phi = max/mean of g_{t-n}^2 over each whole tensor from one all-reduce of the shards' "
+                          "maxima / sums per step (phi = none: element-wise, nothing to reduce)")
 
     def __init__(
         self,
@@ -65,7 +68,9 @@ class AdaShift(KernelOptimizer):
         super().init_state(p, state, group)
         # exp_avg holds m_t itself; the window starts at zero, so m_t's running update needs no
         # special case while it fills (the gradient leaving the window is 0 for t <= n)
-        state["exp_avg_sq"] = torch.zeros_like(p) if group["phi"] == "none" else p.new_zeros(())
+        # with a scalar phi, v is one number per tensor, the same on every rank under FSDP2: a plain 0-d tensor
+        state["exp_avg_sq"] = (torch.zeros_like(p) if group["phi"] == "none"
+                               else torch.zeros((), dtype=p.dtype, device=local(p).device))
         state["bias_correction2"] = torch.zeros_like(state["exp_avg_sq"])  # 1 - beta2^k, 0 while the gate is closed
         # n separate tensors, not one (n, *shape) tensor: the kernel gets the slot's tensor, so the
         # compiled kernel sees the same input metadata at every step (a slot index would recompile)
@@ -86,11 +91,15 @@ class AdaShift(KernelOptimizer):
             if "bias_correction2" not in self.state[p]:
                 self._upgrade_state(p, step, group)
         floor = denominator_floor(params[0].dtype, group["eps"])
+        lists = self.lists(params, "exp_avg", "exp_avg_sq", "bias_correction2")
+        oldest = [local(self.state[p]["grad_window"][slot]) for p in params]
+        red = self.reduction(params)
+        stats = None
+        if red.sharded and group["phi"] != "none":  # phi over the whole tensor, not this rank's shard
+            stats = phi_over_shards(oldest, group["phi"], red, [p.numel() for p in params])
         adashift(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, "exp_avg", "exp_avg_sq", "bias_correction2"),
-            [self.state[p]["grad_window"][slot] for p in params],
+            *lists,
+            oldest,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
@@ -100,8 +109,19 @@ class AdaShift(KernelOptimizer):
             window_sum=sum(beta1**j for j in range(n)),
             phi=group["phi"],
             denom_floor=floor or None,
+            stats=stats,
             impl=self.impl,
         )
+
+
+def phi_over_shards(oldest: list[Tensor], phi: str, red: Reduction, numels: list[int]) -> list[Tensor]:
+    """φ(g²) of each whole tensor from its local shards (``oldest``): max or sum of squares, all-reduced."""
+    acc = torch.promote_types(oldest[0].dtype, torch.float32)
+    if phi == "max":  # an empty shard (uneven sharding) contributes 0: g^2 >= 0
+        local_stat = [g.abs().amax().to(acc).square() if g.numel() else g.new_zeros((), dtype=acc) for g in oldest]
+        return [s.to(g.dtype) for s, g in zip(red.each(local_stat, "max"), oldest, strict=True)]
+    local_stat = [g.to(acc).square().sum() for g in oldest]
+    return [(s / n).to(g.dtype) for s, n, g in zip(red.each(local_stat, "sum"), numels, oldest, strict=True)]
 
 
 def _phi(sq: Tensor, phi: str) -> Tensor:
@@ -129,9 +149,12 @@ def _single_tensor_adashift(
     window_sum: float,
     phi: str,
     denom_floor: float | None,
+    stats: list[Tensor] | None = None,
 ) -> None:
-    for p, g, m, v, c, old in zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction2s, oldest_grads, strict=True):
-        v.mul_(beta2).add_(_phi(old * old, phi) * (1 - beta2))
+    for i, (p, g, m, v, c, old) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction2s, oldest_grads,
+                                                 strict=True)):
+        # stats: phi of each whole tensor, given when the tensors are shards (FSDP2)
+        v.mul_(beta2).add_((_phi(old * old, phi) if stats is None else stats[i]) * (1 - beta2))
         gate = ((v > 0) | (c > 0)).to(v.dtype)  # z_t: once open, c > 0 keeps it open
         c.mul_(beta2).add_(1 - beta2).mul_(gate)  # 1 - beta2^k, k counted from the opening
         # m_t = sum_i w_i g_{t-i} kept as a running sum instead of re-reading the n stored gradients:
@@ -165,10 +188,13 @@ def _multi_tensor_adashift(
     window_sum: float,
     phi: str,
     denom_floor: float | None,
+    stats: list[Tensor] | None = None,
 ) -> None:
     torch._foreach_mul_(exp_avg_sqs, beta2)
     if phi == "none":
         torch._foreach_addcmul_(exp_avg_sqs, oldest_grads, oldest_grads, 1 - beta2)
+    elif stats is not None:  # phi of each whole tensor, given when the tensors are shards (FSDP2)
+        torch._foreach_add_(exp_avg_sqs, stats, alpha=1 - beta2)
     else:  # max(g^2) = (max|g|)^2 and mean(g^2) = ||g||^2 / numel: one fused reduction per tensor
         stat = torch._foreach_norm(oldest_grads, float("inf") if phi == "max" else 2)
         torch._foreach_mul_(stat, stat)

@@ -90,9 +90,7 @@ class CPropAdam(KernelOptimizer):
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
         cprop_adam(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *self.lists(params, *self.state_buffers),
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
@@ -139,9 +137,7 @@ class CPropSGD(KernelOptimizer):
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         cprop_sgd(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *self.lists(params, *self.state_buffers),
             lr=group["lr"],
             momentum=group["momentum"],
             has_momentum=group["momentum"] != 0,  # a bool: the compiled kernel gets floats as tensors

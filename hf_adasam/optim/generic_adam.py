@@ -110,9 +110,7 @@ class GenericAdam(KernelOptimizer):
         else:
             theta = theta_schedule(step, theta, group["theta_power"])
         generic_adam(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *self.lists(params, *self.state_buffers),
             lr=alpha_schedule(step, group["lr"], group["lr_power"]),
             beta=float(beta),
             theta=float(theta),

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..sharding import Reduction
 from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel
 
 __all__ = ["SETAdam", "set_adam"]
@@ -38,6 +39,8 @@ class SETAdam(KernelOptimizer):
     """SET-Adam (spec §4): Adam whose per-layer second moment is down-scaled, ε-embedded and down-translated."""
 
     state_buffers = ("exp_avg", "exp_avg_sq")
+    sharded_statistics = ("each tensor's cosine and minimum of v over the whole tensor, from one all-reduce of the "
+                          "shards' sums, sums of squares and minima per step")
 
     def __init__(
         self,
@@ -61,10 +64,15 @@ class SETAdam(KernelOptimizer):
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
+        lists = self.lists(params, *self.state_buffers)
+        red = self.reduction(params)
+        given = {}
+        if red.sharded:  # the cosine and the minimum over the whole tensor, not this rank's shard
+            given = dict(zip(("cos_given", "vmin_given"),
+                             stats_over_shards(lists[1], lists[3], beta2, red, [p.numel() for p in params]),
+                             strict=True))
         set_adam(
-            params,
-            [p.grad for p in params],
-            *self.buffers(params, *self.state_buffers),
+            *lists,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
@@ -77,8 +85,26 @@ class SETAdam(KernelOptimizer):
             # w~ >= (1 - tau) sqrt(eps), unless eps underflowed in the param dtype (float16): then a floor
             denom_floor=denominator_floor(params[0].dtype, min(group["eps"], (1 - group["tau"]) * group["eps"] ** 0.5))
             or None,
+            **given,
             impl=self.impl,
         )
+
+
+def stats_over_shards(grads: list[Tensor], exp_avg_sqs: list[Tensor], beta2: float, red: Reduction,
+                      numels: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+    """Each whole tensor's cos∠(v_t, 1) and min v_t, from its local shards: v_t as the kernel is about to make
+    it (out of place, one tensor at a time), three local reductions, all-reduced over the shards."""
+    acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+    sums, sqs, mins = [], [], []
+    for g, v in zip(grads, exp_avg_sqs, strict=True):
+        vt = (v * beta2 + g * g * (1 - beta2)).to(acc)
+        sums.append(vt.sum())
+        sqs.append(vt.square().sum())
+        mins.append(vt.amin() if vt.numel() else vt.new_full((), float("inf")))  # an empty shard: no minimum
+    sums, sqs, mins = red.each(sums, "sum"), red.each(sqs, "sum"), red.each(mins, "min")
+    cos = [(s / (n**0.5 * q.sqrt().clamp(min=_TINY))).to(v.device, acc)
+           for s, q, n, v in zip(sums, sqs, numels, exp_avg_sqs, strict=True)]
+    return cos, [m.to(v.device, acc) for m, v in zip(mins, exp_avg_sqs, strict=True)]
 
 
 def _single_tensor_set_adam(
@@ -97,16 +123,22 @@ def _single_tensor_set_adam(
     step_size: float,
     bias_correction2: float,
     denom_floor: float | None = None,
+    cos_given: list[Tensor] | None = None,
+    vmin_given: list[Tensor] | None = None,
 ) -> None:
-    for x, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+    # cos_given / vmin_given: each whole tensor's statistics, given when the tensors are shards (FSDP2)
+    for i, (x, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
         # reductions in float32 at least: a bf16 sum over a large layer loses the cosine
         v32 = v.to(torch.promote_types(v.dtype, torch.float32))
-        cos = v32.sum() / (v32.numel() ** 0.5 * v32.norm().clamp(min=_TINY))
+        if cos_given is None or vmin_given is None:
+            cos, vmin = v32.sum() / (v32.numel() ** 0.5 * v32.norm().clamp(min=_TINY)), v32.amin()
+        else:
+            cos, vmin = cos_given[i], vmin_given[i]
         scale = cos**power / bias_correction2  # S, and Adam's bias correction of v
         w = (v * scale + eps).sqrt()  # E
-        w_min = (v32.amin() * scale + eps).sqrt()
+        w_min = (vmin * scale + eps).sqrt()
         x.mul_(1 - lr * weight_decay)
         denom = w - w_min * tau  # T
         if denom_floor is not None:
@@ -130,19 +162,24 @@ def _multi_tensor_set_adam(
     step_size: float,
     bias_correction2: float,
     denom_floor: float | None = None,
+    cos_given: list[Tensor] | None = None,
+    vmin_given: list[Tensor] | None = None,
 ) -> None:
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    # per-layer statistics, one fused reduction each; v >= 0, so its L1 norm is its sum and its
-    # -inf norm its minimum
-    acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
-    sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=acc)
-    norms = torch._foreach_norm(exp_avg_sqs, 2, dtype=acc)
-    mins = torch._foreach_norm(exp_avg_sqs, float("-inf"), dtype=acc)
-    torch._foreach_clamp_min_(norms, _TINY)
-    torch._foreach_mul_(norms, [v.numel() ** 0.5 for v in exp_avg_sqs])
-    scale = torch._foreach_div(sums, norms)  # cos
+    if cos_given is None or vmin_given is None:
+        # per-layer statistics, one fused reduction each; v >= 0, so its L1 norm is its sum and its
+        # -inf norm its minimum
+        acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+        sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=acc)
+        norms = torch._foreach_norm(exp_avg_sqs, 2, dtype=acc)
+        mins = torch._foreach_norm(exp_avg_sqs, float("-inf"), dtype=acc)
+        torch._foreach_clamp_min_(norms, _TINY)
+        torch._foreach_mul_(norms, [v.numel() ** 0.5 for v in exp_avg_sqs])
+        scale = torch._foreach_div(sums, norms)  # cos
+    else:  # each whole tensor's statistics, given when the tensors are shards (FSDP2)
+        scale, mins = [c.clone() for c in cos_given], [m.clone() for m in vmin_given]
     torch._foreach_pow_(scale, power)
     torch._foreach_div_(scale, bias_correction2)
     denom = torch._foreach_mul(exp_avg_sqs, scale)  # S

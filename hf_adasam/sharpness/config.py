@@ -83,7 +83,8 @@ class SAMConfig:
                                  applies_text="policy=looksam or ae_looksam")
     sync_perturbation: bool = _knob(
         False, "Data parallel: average pass-1 gradients across processes first (N processes then equal one with "
-        "N× the batch); else each replica perturbs with its own sub-batch.", "true or false", _is_bool)
+        "N× the batch); else each replica perturbs with its own sub-batch. Under FSDP2 always in effect (each "
+        "pass reduce-scatters the gradients).", "true or false", _is_bool)
     exact_accumulation: bool = _knob(
         False, "Trainer: one perturbation per optimizer step from the whole accumulated batch (batch b × "
         "accumulation k then equals batch k·b) instead of one per micro-batch.", "true or false", _is_bool,

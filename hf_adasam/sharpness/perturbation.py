@@ -8,7 +8,9 @@ SAM (Foret et al. ICLR 2021) and ASAM (Kwon et al. ICML 2021), with :math:`g = \
 
 ASAM's scope: ``"all"`` (the paper) scales every trainable tensor; ``"weights"`` (the official ASAM
 code) scales only tensors whose parameter name contains ``"weight"``, and the others (biases, norm
-shifts) get :math:`T = 1`. The norms are global over all tensors in both cases.
+shifts) get :math:`T = 1`. The norms are global over all tensors in both cases; under FSDP2 the
+parameters are DTensors and e is computed and applied shard by shard, with the norms summed over the
+shards (:mod:`.sharding`), so the saved copy of w is sharded too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ..sharding import LOCAL, Reduction, state_bytes
 from .config import SAMConfig
 
 __all__ = ["Perturbation", "global_norm"]
@@ -28,12 +31,7 @@ _D = SAMConfig()  # the knobs' defaults, read from the one place they live
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """‖·‖ over all tensors, accumulated in at least float32 (0-d tensor on the first tensor's device)."""
-    if not tensors:
-        return torch.zeros(())
-    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    device = tensors[0].device
-    norms = torch._foreach_norm(list(tensors), 2, dtype=dtype)
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    return LOCAL.norm(tensors)
 
 
 class Perturbation:
@@ -70,13 +68,23 @@ class Perturbation:
                 f"use asam_scope='all' (default {_D.asam_scope!r})")
         return ["weight" in self._named[id(p)] for p in params]
 
-    def grad_norm(self, grads: Sequence[Tensor]) -> Tensor:
+    def grad_norm(self, grads: Sequence[Tensor], reduce: Reduction = LOCAL) -> Tensor:
         """‖g‖, the statistic the policies see (also logged)."""
-        return global_norm(grads)
+        return reduce.norm(grads)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes this rank holds for the saved copy of w (its shards only under FSDP2)."""
+        return state_bytes(self._saved)
 
     @torch.no_grad()
-    def perturb(self, params: list[Tensor], grads: list[Tensor], grad_norm: Tensor | None = None) -> float:
-        """Save w, move to w + e; return ‖e‖. ``grads`` may carry any positive scale (fp16's loss scale)."""
+    def perturb(self, params: list[Tensor], grads: list[Tensor], grad_norm: Tensor | None = None,
+                reduce: Reduction = LOCAL) -> float:
+        """Save w, move to w + e; return ‖e‖. ``grads`` may carry any positive scale (fp16's loss scale).
+
+        ``reduce`` makes the norms global over shards (FSDP2); w is then saved and moved shard by shard."""
+        scaled = self.scaled(params)
+        params, grads = reduce.local(params), reduce.local(grads)
         if len(self._saved) != len(params) or any(
             s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
             for s, p in zip(self._saved, params, strict=True)
@@ -84,22 +92,21 @@ class Perturbation:
             self._saved = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(self._saved, params)
         if not self.adaptive:
-            norm = float(self.grad_norm(grads) if grad_norm is None else grad_norm)
+            norm = float(self.grad_norm(grads, reduce) if grad_norm is None else grad_norm)
             torch._foreach_add_(params, grads, alpha=self.rho / (norm + NORM_EPS))
             return self.rho * norm / (norm + NORM_EPS)
-        scaled = self.scaled(params)
         idx = [i for i, s in enumerate(scaled) if s]
         t = torch._foreach_abs([params[i] for i in idx])
         torch._foreach_add_(t, self.eta)
         tg = iter(torch._foreach_mul([grads[i] for i in idx], t) if idx else [])  # T g
         e = [next(tg) if s else g.clone() for s, g in zip(scaled, grads, strict=True)]  # T = 1 where not scaled
-        norm = float(global_norm(e))
+        norm = float(reduce.norm(e))
         if idx:
             torch._foreach_mul_([e[i] for i in idx], t)  # T² g
         torch._foreach_mul_(e, self.rho / (norm + NORM_EPS))
         torch._foreach_add_(params, e)
-        return float(global_norm(e))
+        return float(reduce.norm(e))
 
     @torch.no_grad()
-    def restore(self, params: list[Tensor]) -> None:
-        torch._foreach_copy_(params, self._saved)
+    def restore(self, params: list[Tensor], reduce: Reduction = LOCAL) -> None:
+        torch._foreach_copy_(reduce.local(params), self._saved)

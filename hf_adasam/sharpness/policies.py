@@ -11,28 +11,23 @@ and checks live in :class:`~hf_adasam.sharpness.config.SAMConfig`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..sharding import LOCAL, Reduction
 from .config import POLICIES, SAMConfig
 from .perturbation import NORM_EPS as _NORM_EPS
-from .perturbation import global_norm
 
 __all__ = ["AESAM", "POLICIES", "Always", "EveryK", "LookSAM", "make_policy", "policy_from_config"]
 
 _D = SAMConfig()  # the knobs' defaults, read from the one place they live
 
 
-def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    dtype = torch.promote_types(a[0].dtype, torch.float32)
-    return sum((x.to(dtype) * y.to(dtype)).sum() for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
-
-
 # ----------------------------------------------------------------------------------------------
-# policies: decide(t, ‖g‖²) -> SAM step?; after_sam(g, g_sam); reuse(g) edits a plain step's g in place
+# policies: decide(t, ‖g‖²) -> SAM step?; after_sam(g, g_sam); reuse(g) edits a plain step's g in place.
+# ``reduce`` makes dot products and norms global over shards (FSDP2): g_v is then kept shard by shard
 # ----------------------------------------------------------------------------------------------
 class Always:
     """Every micro-batch pays the second pass (plain SAM)."""
@@ -42,10 +37,10 @@ class Always:
     def decide(self, t: int, grad_sq_norm: float) -> bool:
         return True
 
-    def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor]) -> None:
+    def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
         pass
 
-    def reuse(self, grads: list[Tensor]) -> None:
+    def reuse(self, grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,17 +114,19 @@ class LookSAM(Always):
         return self.trigger.decide(t, grad_sq_norm)
 
     @torch.no_grad()
-    def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor]) -> None:
-        proj = _dot(grads, sam_grads) / global_norm(grads).square().clamp(min=_NORM_EPS**2)
+    def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
+        grads, sam_grads = reduce.local(grads), reduce.local(sam_grads)
+        proj = reduce.dot(grads, sam_grads) / reduce.norm(grads).square().clamp(min=_NORM_EPS**2)
         # out-of-place: g_v is new memory, g_sam stays the step's direction
         self.g_v = torch._foreach_sub(list(sam_grads), torch._foreach_mul(list(grads), proj.to(grads[0].dtype)))
 
     @torch.no_grad()
-    def reuse(self, grads: list[Tensor]) -> None:
+    def reuse(self, grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
         if self.g_v is None:  # AE-LookSAM before its first SAM step: a plain step
             return
+        grads = reduce.local(grads)
         g_v = [v.to(g.device, g.dtype) for v, g in zip(self.g_v, grads, strict=True)]
-        coef = self.alpha * float(global_norm(grads)) / (float(global_norm(g_v)) + _NORM_EPS)
+        coef = self.alpha * float(reduce.norm(grads)) / (float(reduce.norm(g_v)) + _NORM_EPS)
         torch._foreach_add_(grads, g_v, alpha=coef)
 
     def state_dict(self) -> dict[str, Any]:

@@ -42,7 +42,9 @@ class SAM(torch.optim.Optimizer):
     ``total_steps`` is AE-SAM's horizon T. ``named_parameters`` (``model.named_parameters()``) gives the
     parameters' names, which ``asam_scope="weights"`` needs. Under DDP pass ``no_sync=ddp_model.no_sync``:
     both passes then skip DDP's all-reduce (per-replica perturbation) and the step's gradients are
-    averaged once before the base step.
+    averaged once before the base step. Under FSDP2 (a model under ``fully_shard``) pass no ``no_sync``: each pass
+    reduce-scatters, the perturbation comes from the averaged gradient and is applied shard by shard
+    (:mod:`hf_adasam.sharding`).
     """
 
     def __init__(

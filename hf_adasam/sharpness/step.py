@@ -13,6 +13,13 @@ Data parallel: every pass runs without DDP's all-reduce; the caller all-reduces 
 gradients once per optimizer step (``allreduce_grads``). Pass-1 gradients are averaged across ranks
 only with ``sync_perturbation``; the policy always sees the replica-mean ‖g‖², so every rank takes
 the same decision.
+
+Sharded (FSDP2: the parameters are DTensors): each backward reduce-scatters, so every pass leaves each rank
+its shard of the gradient *averaged* over all ranks, and the perturbation necessarily comes from the
+averaged gradient (``sync_perturbation`` in effect, whatever the knob says). The step then works on the
+local shards (:mod:`.sharding`): ‖g‖ from one all-reduce of the shards' sums of squares (identical on
+every rank, so AE-SAM decides alike everywhere), e added to each shard in place, the shards restored bit
+for bit from a sharded copy; nothing is all-reduced afterwards (FSDP already averaged).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .._logging import logger
+from ..sharding import is_sharded, local, reduction_for, state_bytes
 from .config import SAMConfig
 from .perturbation import Perturbation
 from .policies import Always, policy_from_config
@@ -71,6 +80,7 @@ class SAMStep:
     # SAMTrainer: one perturbation per optimizer step from the whole accumulated batch (else per micro-batch)
     exact_accumulation: bool = False
     stats: SAMStats = field(default_factory=SAMStats)
+    sharded: bool | None = None  # set at the first micro-step: the parameters are DTensors (FSDP2)
 
     @classmethod
     def from_config(cls, config: SAMConfig, *, total_steps: int = 1) -> SAMStep:
@@ -100,12 +110,15 @@ class SAMStep:
                 loss = functools.reduce(operator.add, (part() for part in parts))
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
-            if self.sync_perturbation and _distributed():
+            reduce = reduction_for(live)
+            if self.sharded is None and live:
+                self._announce(reduce.sharded)
+            if self.sync_perturbation and _distributed() and not reduce.sharded:
                 _allreduce_mean(grads)
-            raw_norm = self.perturbation.grad_norm(grads)
+            raw_norm = self.perturbation.grad_norm(grads, reduce)
             gnorm = raw_norm / grad_scale
             gsq = gnorm.double() ** 2
-            if _distributed() and not self.sync_perturbation:
+            if _distributed() and not self.sync_perturbation and not reduce.sharded:
                 gsq = _allreduce_mean_scalar(gsq)
             gsq_value = float(gsq)
             finite = math.isfinite(gsq_value)  # replica-mean: every rank takes the same branch
@@ -116,7 +129,7 @@ class SAMStep:
             else:
                 self.stats.skipped += 1
             if finite and grads and self.policy.decide(t, gsq_value):
-                enorm = self.perturbation.perturb(live, grads, raw_norm)
+                enorm = self.perturbation.perturb(live, grads, raw_norm, reduce)
                 for p in live:
                     p.grad = None
                 try:
@@ -124,16 +137,32 @@ class SAMStep:
                         for part in parts:
                             part()
                 finally:
-                    self.perturbation.restore(live)
+                    self.perturbation.restore(live, reduce)
                 self.stats.second_passes += 1
                 self.stats.total_second_passes += 1
                 self.stats.perturbation_norm_sum += float(enorm)
-                self.policy.after_sam(grads, [p.grad if p.grad is not None else torch.zeros_like(p) for p in live])
+                self.policy.after_sam(grads, [p.grad if p.grad is not None else torch.zeros_like(p) for p in live],
+                                      reduce)
             elif grads and finite:
-                self.policy.reuse(grads)
+                self.policy.reuse(grads, reduce)
         # _swapped_grads added the accumulated gradients back: p.grad = accumulated + direction
         del accumulated
         return loss
+
+    def _announce(self, sharded: bool) -> None:
+        self.sharded = sharded
+        if sharded and dist.get_rank() == 0:
+            logger.info(
+                "hf-adasam: parameters are sharded (FSDP2): each pass reduce-scatters, so the perturbation comes from "
+                "the gradient averaged over all ranks (sync_perturbation=true in effect%s); ||g||, ||e|| and the "
+                "policy's statistics are global (one all-reduce of the shards' sums), w is saved shard by shard",
+                "" if self.sync_perturbation else ", whatever sam_sync_perturbation says")
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes this rank holds for SAM's own state: the saved copy of w and LookSAM's g_v (shards under FSDP2)."""
+        g_v = getattr(self.policy, "g_v", None)
+        return self.perturbation.state_bytes + state_bytes(g_v)
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict(), "total_second_passes": self.stats.total_second_passes,
@@ -161,8 +190,8 @@ def _swapped_grads(params: list[Tensor]) -> Iterator[list[Tensor | None]]:
             if p.grad is None:
                 p.grad = a
             else:
-                acc.append(a)
-                new.append(p.grad)
+                acc.append(local(a))  # FSDP2: add shard to shard
+                new.append(local(p.grad))
                 p.grad = a
         if acc:
             torch._foreach_add_(acc, new)
@@ -196,6 +225,7 @@ def _allreduce_mean(tensors: list[Tensor]) -> None:
 
 
 def allreduce_grads(params: list[Tensor]) -> None:
-    """DDP's averaging of the accumulated gradients, done once per optimizer step."""
+    """DDP's averaging of the accumulated gradients, done once per optimizer step (FSDP2's sharded gradients
+    were averaged by its reduce-scatter: left alone)."""
     if _distributed():
-        _allreduce_mean([p.grad for p in params if p.grad is not None])
+        _allreduce_mean([p.grad for p in params if p.grad is not None and not is_sharded(p.grad)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -42,18 +43,35 @@ __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SA
 SAM_STATE_NAME = "sam_state_rank{rank}.pt"
 
 
-def _refuse_unsupported(args: TrainingArguments, *, fsdp: bool = False, deepspeed: bool = False) -> None:
+def _fsdp_version(args: TrainingArguments, plugin: Any = None) -> int | None:
+    """The FSDP version this run uses (None: no FSDP): Accelerate's plugin once Trainer built it, else the
+    arguments (``fsdp_config["version"]``, which Transformers defaults to 2)."""
+    if plugin is not None:
+        return int(getattr(plugin, "fsdp_version", 1))
+    if not args.fsdp:
+        return None
+    config = args.fsdp_config or {}
+    return int(config.get("version", config.get("fsdp_version", 2)))
+
+
+def _refuse_unsupported(args: TrainingArguments, *, fsdp_plugin: Any = None, deepspeed: bool = False) -> None:
     """Fail at start, saying what to use instead, for set-ups where the two-pass step would be wrong."""
     if deepspeed or args.deepspeed:
         raise ValueError(
             "hf-adasam's SAM step does not support DeepSpeed (its backward steps the engine at the end of each "
-            "accumulation window, so there is no room for a second pass). Use DDP (torchrun/accelerate launch "
-            "without a DeepSpeed config) or a single device."
+            "accumulation window, so there is no room for a second pass). Use FSDP2 (--fsdp full_shard with "
+            "fsdp_config version 2, Transformers' default) to shard, DDP (torchrun/accelerate launch without a "
+            "DeepSpeed config) or a single device."
         )
-    if fsdp or args.fsdp or (args.fsdp_config or {}).get("fsdp_version"):
+    version = _fsdp_version(args, fsdp_plugin)
+    if (args.fsdp_config or {}).get("xla"):
+        raise ValueError("hf-adasam's SAM step does not support FSDP on XLA. Use FSDP2 (fsdp_config version 2) or DDP "
+                         "on GPUs/CPUs, or a single device.")
+    if version is not None and version != 2:
         raise ValueError(
-            "hf-adasam's SAM step does not support FSDP (under no_sync FSDP leaves p.grad empty or unsharded, so "
-            "the perturbation would be wrong or silently absent). Use DDP or a single device."
+            f"hf-adasam's SAM step does not support FSDP version {version} (FSDP1's flat parameters hold no per-"
+            "parameter gradient between passes, so the perturbation would be wrong or silently absent). Use FSDP2: "
+            "fsdp_config={'version': 2} (Transformers' default; Accelerate: fsdp_version: 2), or DDP, or one device."
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and args.world_size == 1:
@@ -61,6 +79,23 @@ def _refuse_unsupported(args: TrainingArguments, *, fsdp: bool = False, deepspee
             f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
             "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
         )
+
+
+@contextlib.contextmanager
+def _fsdp2_gradient_sync(model: Any) -> Any:
+    """Both SAM passes reduce-scatter under FSDP2, also inside Accelerate's ``no_sync`` (which turns FSDP2's
+    gradient sync off for the micro-batches before the window's last): the perturbation of every micro-batch
+    needs its averaged gradient, and FSDP2 keeps no per-parameter gradient of an unsynced pass to perturb with."""
+    model.set_requires_gradient_sync(True)
+    yield
+
+
+def _is_fsdp2(model: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no public FSDP2
+        return False
+    return isinstance(model, FSDPModule)
 
 
 class _SAMStateCallback(TrainerCallback):
@@ -95,8 +130,13 @@ class SAMTrainerMixin:
         self._sam_resume: str | None = None
         self.card_info: Any = None  # a card.CardInfo: what a recipe knows of the task, for create_model_card
         if self.sam_config.on:
-            _refuse_unsupported(self.args, fsdp=getattr(self, "is_fsdp_enabled", False),
-                                deepspeed=getattr(self, "is_deepspeed_enabled", False))
+            plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if getattr(self, "is_fsdp_enabled", False) \
+                else None
+            _refuse_unsupported(self.args, fsdp_plugin=plugin, deepspeed=getattr(self, "is_deepspeed_enabled", False))
+            if self.args.fsdp and plugin is None:  # e.g. on CPU, where Accelerate runs a fsdp= job as DDP
+                logger.warning("hf-adasam: FSDP was asked (fsdp=%r) but Accelerate runs this job as %s, not FSDP: SAM "
+                               "runs as under DDP (parameters not sharded)", self.args.fsdp,
+                               self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -154,6 +194,7 @@ class SAMTrainerMixin:
         self.sam.perturbation.set_names(model.named_parameters())
         self.sam.perturbation.scaled(self._sam_params)  # asam_scope="weights" without names fails here, not later
         self._held_batches: list[dict[str, Any]] = []
+        self._sam_params_checked = False
         if self._sam_resume:
             path = os.path.join(self._sam_resume, SAM_STATE_NAME.format(rank=self.args.process_index))
             if os.path.isfile(path):
@@ -166,6 +207,13 @@ class SAMTrainerMixin:
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
         if self.sam is None:
             return super().training_step(model, inputs, num_items_in_batch)
+        if not self._sam_params_checked:  # the parameters the step perturbs must be the ones being trained
+            self._sam_params_checked = True
+            current = [p for p in model.parameters() if p.requires_grad]
+            if {id(p) for p in current} != {id(p) for p in self._sam_params}:  # e.g. a wrapper replaced them
+                self._sam_params = current
+                self.sam.perturbation.set_names(model.named_parameters())
+                self.sam.perturbation.scaled(self._sam_params)
 
         def backward(batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
             # a fresh dict per pass: compute_loss pops "labels" under label smoothing
@@ -180,7 +228,10 @@ class SAMTrainerMixin:
             parts = [backward(inputs)]
         scaler = getattr(self.accelerator, "scaler", None)
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        no_sync = model.no_sync if ddp else contextlib.nullcontext
+        if _is_fsdp2(model):  # sharded: every pass reduce-scatters (the perturbation from the averaged gradient)
+            no_sync = functools.partial(_fsdp2_gradient_sync, model)
+        else:
+            no_sync = model.no_sync if ddp else contextlib.nullcontext
         loss = self.sam.micro_step(
             self._sam_params,
             parts,
