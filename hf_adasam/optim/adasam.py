@@ -13,9 +13,10 @@ AMSGrad without bias correction, driven by whatever gradient it is given (the SA
 With ``bias_correction=True`` the step uses :math:`m_t/(1-\beta_1^t)` and
 :math:`\hat v_t/(1-\beta_2^t)` (the running max is kept uncorrected, as in ``torch.optim.Adam``'s
 AMSGrad).
-In float16 parameters :math:`\epsilon^2 = 10^{-16}` underflows to 0, so there the denominator is floored at
-float16's smallest normal number (6.1e-5) and a coordinate whose gradient is always zero stays put
-instead of becoming 0/0; in every other dtype the floor never acts.
+In float16 parameters :math:`\epsilon^2 = 10^{-16}` underflows to 0, so there the denominator is floored at the
+square root of float16's smallest positive number (2.4e-4, :func:`~hf_adasam.optim._base.denominator_floor`) and
+a coordinate whose gradient is always zero stays put instead of becoming 0/0; in every other dtype the floor
+never acts.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ the authors' code, weight decay is coupled; CProp-Adam computes the scale from :
 CProp-SGD (the authors' ``cprop_sgd.py``) from the raw gradient :math:`g`, then steps along
 :math:`d = g + \lambda x` (its momentum buffer built from :math:`d`, as ``torch.optim.SGD``'s). The scale is
 ``cprop_c · erf``, the exact normal CDF (``2Φ − 1``). In float16 parameters ε = 1e-8 underflows to 0, so
-there the standard error and Adam's denominator are floored at float16's smallest normal number (a
-coordinate whose gradient is always zero gets a zero step, not 0/0); in other dtypes no floor acts.
+there the standard error and Adam's denominator are floored at the square root of float16's smallest positive
+number (2.4e-4, :func:`~hf_adasam.optim._base.denominator_floor`; a coordinate whose gradient is always zero gets
+a zero step, not 0/0); in other dtypes no floor acts.
 
 The state holds :math:`\mu` and :math:`M = (1-\beta^t)(s - \mu^2)` updated by West's weighted
 recursion (:math:`r = (1-\beta)/(1-\beta^t)`, :math:`\delta = g - \mu_{t-1}`,

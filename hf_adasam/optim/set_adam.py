@@ -15,7 +15,8 @@ Weight decay is decoupled (spec §4). The cosine is scale-free, so it is taken o
 itself; and since :math:`w` grows with :math:`v`, :math:`\min_i w_l[i]` is :math:`w` at
 :math:`\min_i v_l[i]`, so the step needs three reductions per tensor (sum, norm, min) and one fused
 element-wise pass. In float16 parameters ε = 1e-16 underflows to 0, so there :math:`\tilde w` is floored at
-float16's smallest normal number (a coordinate whose gradient is always zero stays put instead of 0/0).
+the square root of float16's smallest positive number (2.4e-4, :func:`~hf_adasam.optim._base.denominator_floor`;
+a coordinate whose gradient is always zero stays put instead of 0/0).
 """
 
 from __future__ import annotations
