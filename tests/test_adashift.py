@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 
 import pytest
@@ -109,3 +110,30 @@ def test_running_window_sum_matches_direct_window_reference_float64(impl: str, p
 def test_invalid_hyperparameters_raise_value_error_naming_them(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         AdaShift([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.parametrize("phi", ["max", "none"])
+def test_a_state_saved_before_the_gate_resumes_as_the_run_it_came_from(phi: str) -> None:
+    """hf-adasam 0.1.0's AdaShift state had no gate buffer; with gradients that are never zero its run is the
+    gated run (the gate opens at n + 1), so dropping the buffer from a saved state must not change what follows."""
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(9)]
+
+    def run(p, opt, gs):
+        for g in gs:
+            p.grad = g.clone()
+            opt.step()
+
+    p = x0.clone().requires_grad_()
+    opt = AdaShift([p], lr=0.05, n=3, phi=phi, weight_decay=0.1, impl="foreach")
+    run(p, opt, grads[:5])
+    saved = copy.deepcopy(opt.state_dict())
+    for st in saved["state"].values():
+        del st["bias_correction2"]
+    q = p.detach().clone().requires_grad_()
+    resumed = AdaShift([q], lr=0.05, n=3, phi=phi, weight_decay=0.1, impl="foreach")
+    resumed.load_state_dict(saved)
+    run(p, opt, grads[5:])
+    run(q, resumed, grads[5:])
+    torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)

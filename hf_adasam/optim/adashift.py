@@ -76,20 +76,21 @@ class AdaShift(KernelOptimizer):
         # compiled kernel sees the same input metadata at every step (a slot index would recompile)
         state["grad_window"] = [torch.zeros_like(p, memory_format=torch.preserve_format) for _ in range(group["n"])]
 
-    def _upgrade_state(self, p: Tensor, step: int, group: dict[str, Any]) -> None:
-        """A state saved before the gate existed (hf-adasam 0.1.0): its v > 0 exactly where it had been
-        stepping, with bias correction counted from step n + 1."""
-        state = self.state[p]
-        v, taken = state["exp_avg_sq"], max(step - 1 - group["n"], 0)
-        state["bias_correction2"] = (v > 0).to(v.dtype) * (1 - group["betas"][1] ** taken)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim``'s, plus the gate of a state saved before it existed (hf-adasam 0.1.0): v > 0 exactly
+        where that run had been stepping, with bias correction counted from step n + 1."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "bias_correction2" not in state:
+                    v, taken = state["exp_avg_sq"], max(state["step"] - group["n"], 0)
+                    state["bias_correction2"] = (v > 0).to(v.dtype) * (1 - group["betas"][1] ** taken)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
         n = group["n"]
         slot = (step - 1) % n  # holds g_{t-n}, written n steps ago; derived from step, so no pointer in state
-        for p in params:
-            if "bias_correction2" not in self.state[p]:
-                self._upgrade_state(p, step, group)
         floor = denominator_floor(params[0].dtype, group["eps"])
         lists = self.lists(params, "exp_avg", "exp_avg_sq", "bias_correction2")
         oldest = [local(self.state[p]["grad_window"][slot]) for p in params]
