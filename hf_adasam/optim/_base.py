@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .._logging import logger
-from ..sharding import Reduction, local, reduction_for
+from ..sharding import Reduction, is_sharded, local, reduction_for
 
 Impl = Literal["compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
@@ -283,13 +283,15 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def reduction(self, params: list[Tensor]) -> Reduction:
         """How whole-tensor statistics of ``params`` are made whole: :data:`~hf_adasam.sharding.LOCAL` when
-        unsharded; an all-reduce over the shards for DTensors (said once, at the first sharded step)."""
-        red = reduction_for(params)
-        if red.sharded and not getattr(self, "_said_sharded", False):
+        unsharded; an all-reduce over the shards for DTensors."""
+        return reduction_for(params)
+
+    def say_if_sharded(self, params: list[Tensor]) -> None:
+        """Once, at the first step on sharded parameters (FSDP2 DTensors): what the sharded path does."""
+        if not getattr(self, "_said_sharded", False) and any(is_sharded(p) for p in params):
             self._said_sharded = True
             logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each rank's "
                         "shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
-        return red
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         raise NotImplementedError
@@ -303,7 +305,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             hyper = scalar_hyper(group)
             for (_, _, step), params in self.gather(group).items():
-                self.reduction(params)
+                self.say_if_sharded(params)
                 self.update_bucket(hyper, params, step)
         return loss
 

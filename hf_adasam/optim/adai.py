@@ -77,7 +77,9 @@ class Adai(KernelOptimizer):
             return loss
         # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
         sums = [self.second_moment(group, params, step) for group, params, step in buckets]
-        red = self.reduction([p for _, params, _ in buckets for p in params])
+        every = [p for _, params, _ in buckets for p in params]
+        self.say_if_sharded(every)
+        red = self.reduction(every)
         if red.sharded:  # each rank summed its shards: one all-reduce makes the sums whole (numel is global)
             sums = red.combined(sums, "Adai's mean of v_hat")
         numel = sum(p.numel() for _, params, _ in buckets for p in params)
