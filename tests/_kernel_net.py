@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -88,7 +88,6 @@ class Problem:
     grads: list[list[Tensor | None]]
     noncontiguous: bool = False
     groups: int = 2
-    meta: dict = field(default_factory=dict)
 
     def cast(self, dtype: torch.dtype) -> Problem:
         """The same problem with every value rounded to ``dtype`` (and held in float64)."""
@@ -171,11 +170,15 @@ def reference(name: str, problem: Problem, dtype: torch.dtype) -> list[Tensor]:
     return [p.detach() for p in params]
 
 
+def distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    """max |a - b| over every element of every tensor (``a`` on any device and dtype, ``b`` float64 on the CPU)."""
+    return max((x.detach().cpu().double() - y).abs().max().item() if x.numel() else 0.0
+               for x, y in zip(a, b, strict=True))
+
+
 def deviation(got: Sequence[Tensor], ref: Sequence[Tensor], x0: Sequence[Tensor]) -> float:
     """max |x - x_ref| relative to max |x_ref - x_0| over all elements (inf if a value is not finite)."""
-    err = max((a.detach().cpu().double() - b).abs().max().item() if a.numel() else 0.0
-              for a, b in zip(got, ref, strict=True))
-    moved = max((b - x).abs().max().item() if b.numel() else 0.0 for b, x in zip(ref, x0, strict=True))
+    err, moved = distance(got, ref), distance(ref, x0)
     if not math.isfinite(err):
         return math.inf
     return err / moved if moved > 0 else (0.0 if err == 0 else math.inf)

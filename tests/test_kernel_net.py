@@ -23,7 +23,7 @@ import hf_adasam
 from hf_adasam.optim import _base
 
 from . import _kernel_net as net
-from ._kernel_net import DTYPES, STEPS, VARIANTS, Problem, deviation, random_problem, reference, run
+from ._kernel_net import DTYPES, STEPS, VARIANTS, Problem, deviation, distance, random_problem, reference, run
 
 BOUND = {torch.float64: 1e-9, torch.float32: 1e-4}
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -66,7 +66,7 @@ def _check(got: list[torch.Tensor], ref: list[torch.Tensor], x0: list[torch.Tens
            what: str, must_move: bool = True) -> float:
     """Finite, and within the dtype's bound (a reference that did not move admits no move at all)."""
     assert all(torch.isfinite(p).all() for p in got), f"{what}: non-finite weights"
-    moved = max((r - x).abs().max().item() for r, x in zip(ref, x0, strict=True))
+    moved = distance(ref, x0)
     assert moved > 0 or not must_move, f"{what}: the reference never moved"
     dev = deviation(got, ref, x0)
     if dtype in BOUND:
@@ -167,8 +167,7 @@ def test_situations_in_float32_stay_within_the_float64_reference(name: str, impl
     x0 = problem.cast(torch.float32).x0
     assert all(torch.isfinite(p).all() for p in got)
     if situation == "grad_scale_1e-30":
-        moved = max((r - x).abs().max().item() for r, x in zip(ref, x0, strict=True))
-        went = max((p.detach().cpu().double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
+        moved, went = distance(ref, x0), distance(got, x0)
         ulp = max(torch.finfo(torch.float32).eps * x.abs().max().item() for x in x0)
         assert went <= moved * (1 + 1e-4) + ulp, f"moved {went:.2e}, the float64 reference {moved:.2e}"
     else:
@@ -190,8 +189,7 @@ def test_float32_gradients_whose_square_overflows_behave_as_documented(name: str
     if finite:  # never further than the float64 computation moved
         x0 = problem.cast(torch.float32).x0
         ref = reference(name, problem, torch.float32)
-        moved = max((r - x).abs().max().item() for r, x in zip(ref, x0, strict=True))
-        went = max((p.detach().cpu().double() - x).abs().max().item() for p, x in zip(got, x0, strict=True))
+        moved, went = distance(ref, x0), distance(got, x0)
         assert went <= moved * (1 + 1e-4), f"moved {went:.2e}, the float64 reference {moved:.2e}"
 
 
