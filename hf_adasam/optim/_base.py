@@ -17,12 +17,13 @@ cosine and minimum, Adai's v̄). The first sharded step logs what it does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -116,14 +117,22 @@ def compile_supported() -> bool:
     return True
 
 
+# tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it)
+# and each call costs ~40-80 us of dispatch (guards, wrappers), so a model of n tensors pays n / GROUP of them
+GROUP = 4
+
+
 @functools.cache
 def compiled(fn: Callable[..., None]) -> Callable[..., None]:
-    """``fn`` under ``torch.compile``: one compiled object per kernel, shared by all instances."""
-    # Trainer's decay/no-decay groups, several optimizers in one process and the occasional
-    # bucket of params that skipped a step each need their own graph; dynamo's default limit
-    # of 8 would silently drop a busy process back to eager.
+    """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
+
+    The graph takes ``GROUP`` 1-D tensors per list, each of its own symbolic length, so one compilation serves
+    every model: the step calls it on groups of the flattened parameters (:func:`_run_compiled`).
+    """
+    # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
+    # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+    return torch.compile(fn, fullgraph=True, dynamic=True)
 
 
 def run_kernel(
@@ -132,63 +141,184 @@ def run_kernel(
     multi: Callable[..., None],
     tensors: Sequence[list[Tensor]],
     hyper: dict[str, Any],
+    *,
+    shared: int = 0,
+    sums: bool = False,
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
-    ``"compiled"`` compiles the *single-tensor* kernel: dynamo unrolls its loop and inductor fuses
-    each tensor's ops into one pass. Float hyperparameters go in as 0-d tensors there, because a
-    Python float is baked into the graph and a scheduled lr would recompile every step. So a
-    single-tensor kernel must accept floats or 0-d tensors alike and must not branch on them.
+    ``tensors`` are per-parameter lists (params, grads, state buffers), then ``shared`` lists whose tensors
+    every parameter's update shares (Adai's running sum). A list-valued hyperparameter holds one tensor per
+    parameter (whole-tensor statistics given under FSDP2). ``sums``: the kernel sums over a whole tensor.
 
-    0-d tensors of the lists (a scalar parameter, AdaShift's per-tensor v, Adai's running sum) enter
-    the compiled kernel as 1-element views: torch 2.13's inductor drops in-place writes to a 0-d
-    float64 CPU input (the write is silently lost; float32 is unaffected). A kernel that cannot be
-    compiled (dynamo or inductor raise while tracing, before anything ran) falls back to the foreach
-    kernel, which computes the same update, with a warning that says why.
+    ``"compiled"`` compiles the *single-tensor* kernel once, with dynamic shapes, and applies it to groups of
+    ``GROUP`` parameters viewed as 1-D tensors (:func:`_run_compiled`); inductor fuses each tensor's chain of
+    element-wise ops into one loop. So a single-tensor kernel must be element-wise apart from reductions over a
+    whole tensor, accept floats or 0-d tensors alike for its scalars, and must not branch on them. A kernel
+    that cannot be compiled (dynamo or inductor raise while tracing, before anything ran) falls back to the
+    foreach kernel, which computes the same update, with a warning that says why.
     """
     if impl == "single":
         single(*tensors, **hyper)
     elif impl == "foreach" or single in _COMPILE_FAILED:
         multi(*tensors, **hyper)
     else:
-        as_tensors = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
-        lists = [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensors]
-        if single not in _ANNOUNCED:
-            _announce_compile(single, tensors[0])
+        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2)
+
+
+def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
+                idx: list[int]) -> None:
+    """The foreach kernel on the parameters ``idx`` (their per-parameter lists; shared lists whole)."""
+    if idx:
+        cut = len(tensors) - shared
+        multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
+              **{k: [v[i] for i in idx] if isinstance(v, list) else v for k, v in hyper.items()})
+
+
+def _compile_failed(single: Callable[..., None], err: Exception) -> None:
+    _COMPILE_FAILED.add(single)
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    warnings.warn(
+        f"hf-adasam: {single.__module__}.{single.__name__} could not be compiled ({type(err).__name__}: "
+        f"{reason}); this process uses the eager foreach kernel for it, which computes the same update. "
+        f"Set {IMPL_ENV}=foreach to skip compiling.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
+# A float32 sum compiled by inductor's C++ backend is blocked (chunks of 4096, for accuracy) only when the
+# length exceeds 4096, and the graph is specialised on that: a kernel that sums over a tensor compiles for
+# longer tensors only; shorter ones (biases, norms: a few percent of a model's elements) take its foreach twin
+SUM_MIN_LENGTH = 4097
+# the length of every tensor of the call that compiles a kernel: its size hints decide inductor's loop
+# parallelisation, which must suit the large tensors
+_TRACE_LENGTH = 1 << 16
+# (kernel, device, dtypes, knobs) signatures compiled in this process
+_TRACED: set[tuple[Any, ...]] = set()
+
+
+def _run_compiled(
+    single: Callable[..., None],
+    multi: Callable[..., None],
+    tensors: Sequence[list[Tensor]],
+    hyper: dict[str, Any],
+    shared: int,
+    min_length: int,
+) -> None:
+    """The compiled single-tensor kernel over groups of ``GROUP`` parameters, each seen as a 1-D tensor.
+
+    - Float hyperparameters go in as 0-d float64 tensors: a Python float would be baked into the graph, and a
+      scheduled lr would recompile every step.
+    - Each tensor enters as a 1-D alias of its memory (:func:`_flat`), a parameter and its state sharing one
+      symbolic length; a one-element tensor (AdaShift's per-tensor v) is a length-1 alias (1-element, also
+      because torch 2.13's inductor drops in-place writes to a 0-d float64 CPU input).
+    - The graph is compiled by a first call on zero tensors of one large length (:data:`_TRACE_LENGTH`), not
+      on the model's first group: the sizes seen when compiling decide which loops run in parallel.
+    - The last group is padded with zero tensors of ``min_length`` (lengths 0 and 1 would be specialised).
+    - Parameters the aliases cannot cover (memory not contiguous in some list, fewer than ``min_length``
+      elements) take the foreach kernel: the same update.
+    """
+    n = len(tensors[0])
+    per, common = tensors[: len(tensors) - shared], tensors[len(tensors) - shared :]
+    listed = {k for k, v in hyper.items() if isinstance(v, list)}
+    fits = [i for i in range(n) if tensors[0][i].numel() >= min_length and all(ts[i].is_contiguous() for ts in per)]
+    rest = sorted(set(range(n)) - set(fits))
+    scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
+    flat_common = [[_flat(t) for t in ts] for ts in common]
+    fn = compiled(single)
+    done = 0  # parameters of ``fits`` updated so far: after a failed compilation, foreach takes the others
+    try:
+        with _compile_settings(tensors[0][0].device):
+            signature = (single, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
+                         *((k, None if v is None else type(v)) for k, v in scalars.items()))
+            if fits and signature not in _TRACED:
+                if single not in _ANNOUNCED:
+                    _announce_compile(single, tensors[0])
+                templates = [_flat(ts[fits[0]]) for ts in per]
+                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(GROUP)] for t in templates],
+                   *[[torch.zeros_like(t) for t in ts] for ts in flat_common],
+                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(GROUP)] if k in listed else v
+                      for k, v in scalars.items()})
+                _TRACED.add(signature)
+            for start in range(0, len(fits), GROUP):
+                idx = fits[start : start + GROUP]
+                pad = GROUP - len(idx)
+                lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
+                args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
+                        for k, v in scalars.items()}
+                fn(*lists, *flat_common, **args)
+                done += len(idx)
+    except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
+        _compile_failed(single, err)
+        rest = sorted(rest + fits[done:])
+    _foreach_on(multi, tensors, hyper, shared, rest)
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``t``'s elements as a 1-D tensor on the same memory (``t`` contiguous).
+
+    Not ``t.view(-1)``: dynamo guards a view's base, so bases of different ranks would recompile the graph.
+    """
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+def _zeros(like: Tensor, length: int) -> Tensor:
+    """Zeros standing in for ``like`` (1-D): ``length`` of them, or one where ``like`` is one element."""
+    return torch.zeros(1 if like.numel() == 1 else length, dtype=like.dtype, device=like.device)
+
+
+def _padded(ts: list[Tensor], pad: int, length: int) -> list[Tensor]:
+    return ts + [_zeros(ts[0], length) for _ in range(pad)]
+
+
+@contextlib.contextmanager
+def _compile_settings(device: torch.device) -> Iterator[None]:
+    """Settings for compiling our kernels, in force during their calls only (they matter when one compiles).
+
+    - Scalar tail loops: a vectorised tail (the last < 16 elements of a tensor) is more C++ to compile per loop.
+    - No duck sizing: two parameters of a group that happen to share a length must not share a symbol, or
+      the graph would be specialised to that coincidence and compile again for the next group.
+    - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
+      it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core machine
+      before our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a
+      compiler that cannot build them fails the compile, and the kernel falls back to foreach with a warning.
+      The probe's cache is cleared afterwards, so the user's own ``torch.compile`` still probes as usual.
+      (Private inductor settings; checked with torch 2.13.)
+    """
+    import torch.fx.experimental._config as fx_config
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    probe = cpu_vec_isa.valid_vec_isa_list
+    skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
+    with fx_config.patch(use_duck_shape=False), inductor_config.patch(
+        {"cpp.enable_loop_tail_vec": False, **({"cpp.vec_isa_ok": True} if skip_probe else {})}
+    ):
         try:
-            compiled(single)(*lists, **as_tensors)
-        except _COMPILE_ERRORS as err:  # raised while tracing/compiling, before anything ran
-            _COMPILE_FAILED.add(single)
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            warnings.warn(
-                f"hf-adasam: {single.__module__}.{single.__name__} could not be compiled ({type(err).__name__}: "
-                f"{reason}); this process uses the eager foreach kernel for it, which computes the same update. "
-                f"Set {IMPL_ENV}=foreach to skip compiling.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            multi(*tensors, **hyper)
+            yield
+        finally:
+            if skip_probe:
+                probe.cache_clear()
 
 
 # Raised by dynamo/inductor before the graph runs: a kernel it cannot trace (e.g. DTensor shards), a
-# backend failure, or the recompile limit (64 graphs of one kernel: param-group shapes x dtypes x knobs).
+# backend failure, or the recompile limit (64 graphs of one kernel: dtypes x devices x knobs).
 _COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 # kernels whose first compilation this process has announced
 _ANNOUNCED: set[Callable[..., None]] = set()
+# what _announce_compile promises for a cold cache (benchmarks/first_step.py measures it)
+COLD_COMPILE_ESTIMATE = "3-10 s on a 2-core CPU"
 
 
 def _announce_compile(single: Callable[..., None], params: Sequence[Tensor]) -> None:
     """One line, the first time a kernel compiles in this process: what, roughly how long, how to skip it."""
     _ANNOUNCED.add(single)
-    n = len(params)
-    kind = f"{params[0].dtype}, {params[0].device.type}".replace("torch.", "") if n else ""
-    # 2-core CPU, cold cache: 0.3-0.9 s per tensor (MiniLM's 103 tensors: 31 s AdaSAM, 83 s Adai, 93 s SET-Adam)
+    kind = f"{params[0].dtype}, {params[0].device.type}".replace("torch.", "") if params else ""
     logger.info(
-        "hf-adasam: compiling the %s kernel for %d tensors (%s) with torch.compile: roughly %d-%d s on a 2-core CPU "
-        "the first time, less on a GPU host, seconds once inductor's disk cache has it; each further param group "
-        "shape or dtype compiles again. %s=foreach skips compiling.",
-        single.__name__.removeprefix("_single_tensor_"), n, kind, max(1, round(0.3 * n)), max(3, round(0.9 * n)),
-        IMPL_ENV,
+        "hf-adasam: compiling the %s kernel (%s) with torch.compile, once for any model size: roughly %s the "
+        "first time, ~2 s once inductor's disk cache has it; %s=foreach skips compiling.",
+        single.__name__.removeprefix("_single_tensor_"), kind, COLD_COMPILE_ESTIMATE, IMPL_ENV,
     )
 
 

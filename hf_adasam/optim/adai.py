@@ -175,7 +175,8 @@ def _multi_tensor_adai_second_moment(
 
 def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): v_t, and total += sum(v_hat)."""
-    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper)
+    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper,
+               shared=1, sums=True)
 
 
 # ----------------------------------------------------------------------------------------------

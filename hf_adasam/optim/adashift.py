@@ -231,4 +231,4 @@ def _multi_tensor_adashift(
 
 def adashift(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, 1 - beta2^k, oldest window gradient)."""
-    run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, tensors, hyper)
+    run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, tensors, hyper, sums=hyper["phi"] == "mean")

@@ -200,4 +200,4 @@ def _multi_tensor_set_adam(
 
 def set_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional SET-Adam over lists (params, grads, exp_avg, exp_avg_sq)."""
-    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, tensors, hyper)
+    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, tensors, hyper, sums=True)
