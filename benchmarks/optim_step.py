@@ -125,11 +125,7 @@ def bert_shapes(size: str) -> list[tuple[int, ...]]:
 
 
 def make_ours(name: str, impl: str, ps: list | list[dict]) -> torch.optim.Optimizer:
-    kw = dict(EXTRA.get(name, {}))
-    if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
-        kw["foreach"] = True
-    else:
-        kw["impl"] = impl
+    kw = {**EXTRA.get(name, {}), "impl": impl}  # radam's foreach row is torch's own _multi_tensor_radam
     kw.setdefault("lr", 1e-3)
     return create_optimizer(name, ps, **kw)
 
@@ -152,7 +148,7 @@ def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
         if name == SAM:  # params + AdamW's m, v + the saved copy of w, for ours and the peer
             cost[name] = 4.0 * (2 if args.peers == "true" else 1)
             continue
-        n_rows = 1 if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam else len(args.impls.split(","))
+        n_rows = len(args.impls.split(","))
         arrays = n_rows * (1 + state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps)))
         if args.peers == "true" and name in PEERS:
             arrays += 1 + state_arrays(lambda ps, n=name: make_peer(n, ps))
@@ -295,13 +291,7 @@ def measure(args: argparse.Namespace) -> dict:
                 add(label, step, TRAFFIC[SAM])
             continue
         for impl in args.impls.split(","):
-            if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam:
-                if impl != args.impls.split(",")[0]:
-                    continue
-                label = f"{name} (torch.optim.RAdam foreach)"
-            else:
-                label = f"{name} {impl}"
-            add(label, make_ours(name, impl, prob.groups()).step, TRAFFIC[name])
+            add(f"{name} {impl}", make_ours(name, impl, prob.groups()).step, TRAFFIC[name])
         if args.peers == "true" and name in PEERS:
             add(f"{name} (pytorch_optimizer.{PEERS[name][0]})", make_peer(name, prob.groups()).step, TRAFFIC[name])
 

@@ -15,7 +15,7 @@ Layout: :mod:`hf_adasam.optim` (the algorithms), :mod:`hf_adasam.registry` (name
 
 from typing import Any
 
-from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
 from .registry import OPTIMIZERS, create_optimizer
 from .sharpness import SAM, SAMConfig
 
@@ -33,6 +33,7 @@ __all__ = [
     "CPropAdam",
     "CPropSGD",
     "GenericAdam",
+    "RAdam",
     "SAMConfig",
     "SETAdam",
     "create_optimizer",

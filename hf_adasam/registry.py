@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
 from .optim_args import convert, format_value, split_pairs
 from .sharpness.config import SAMConfig
 
@@ -26,7 +26,7 @@ __all__ = ["OPTIMIZERS", "OptimEntry", "create_optimizer", "markdown_table", "op
 # Knobs that the Trainer fills itself (param groups carry lr and weight decay) or that select the
 # kernel rather than the algorithm: never set through ``optim_args``.
 _MANAGED = frozenset({"params", "lr", "weight_decay"})
-# torch.optim.RAdam arguments that are not algorithm knobs.
+# torch.optim.RAdam arguments (hf-adasam's RAdam keeps them) that are not algorithm knobs.
 _NOT_KNOBS = frozenset({"foreach", "maximize", "capturable", "differentiable"})
 
 
@@ -61,7 +61,7 @@ OPTIMIZERS: dict[str, OptimEntry] = {
         OptimEntry("set_adam", SETAdam, "Zhang 2023, arXiv 2302.01029", {"betas": ("adam_beta1", "adam_beta2")}),
         OptimEntry(
             "radam",
-            torch.optim.RAdam,
+            RAdam,
             "Liu et al. ICLR 2020, arXiv 1908.03265",
             _ADAM_ARGS,
             fixed={"decoupled_weight_decay": True},
@@ -162,6 +162,6 @@ def markdown_table() -> str:
         knobs = ", ".join(f"`{k}={fmt(v)}`" for k, v in e.knobs().items() if k not in ("impl", "foreach"))
         fixed = "".join(f" ({k}={v})" for k, v in e.fixed.items())
         hf = ", ".join(f"{k} ← {'/'.join((f,) if isinstance(f, str) else f)}" for k, f in e.hf_args.items())
-        cls = f"`{e.cls.__module__.replace('torch.optim.radam', 'torch.optim')}.{e.cls.__name__}`{fixed}"
+        cls = f"`{e.cls.__module__}.{e.cls.__name__}`{fixed}"
         lines.append(f"| `{e.name}` | {cls} | {e.paper} | {knobs} | lr, weight_decay{', ' + hf if hf else ''} |")
     return "\n".join(lines)

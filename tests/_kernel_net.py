@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
 
 IMPLS = ("single", "foreach", "compiled")
 # where the optimizers run (the float64 reference always runs on the CPU): `HF_ADASAM_NET_DEVICE=cuda pytest
@@ -40,17 +40,13 @@ class Variant:
     impls: tuple[str, ...] = IMPLS
 
 
-def _radam(groups: list[dict], impl: str) -> torch.optim.Optimizer:
-    return torch.optim.RAdam(groups, decoupled_weight_decay=True, foreach=impl == "foreach")
-
-
 # AdaShift runs with n = 3 so that 12 steps are mostly updates, not window filling.
 VARIANTS: dict[str, Variant] = {
     "adasam": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, impl=i)),
     "adasam_bias_correction": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, bias_correction=True, impl=i)),
     "set_adam": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, impl=i)),
     "set_adam_p1_tau0.9": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, p=1.0, tau=0.9, impl=i)),
-    "radam": Variant("radam", 1e-2, _radam, impls=("single", "foreach")),
+    "radam": Variant("radam", 1e-2, lambda g, i: RAdam(g, decoupled_weight_decay=True, impl=i)),
     "adai": Variant("adai", 0.1, lambda g, i: Adai(g, lr=0.1, impl=i)),
     "adaiw": Variant("adaiw", 0.1, lambda g, i: Adai(g, lr=0.1, decoupled=True, impl=i)),
     "adashift_max": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, impl=i)),

@@ -24,7 +24,7 @@ LR = {"adai": 0.5, "adaiw": 0.5, "cprop_sgd": 0.5, "adashift": 2e-2, "radam": 3e
 EXPECTED = {
     "adasam": hf_adasam.AdaSAM,
     "set_adam": hf_adasam.SETAdam,
-    "radam": torch.optim.RAdam,
+    "radam": hf_adasam.RAdam,
     "adai": hf_adasam.Adai,
     "adaiw": hf_adasam.Adai,
     "adashift": hf_adasam.AdaShift,

@@ -138,12 +138,13 @@ def test_set_adam_equals_float64_recomputation_of_the_spec(impl) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# RAdam is torch's
+# RAdam is torch's math (hf_adasam.optim.radam runs torch's kernels; tests/test_radam.py)
 # ----------------------------------------------------------------------------------------------
 def test_radam_name_is_torch_radam_matching_spec_vector() -> None:
     x = torch.zeros(1, dtype=F64, requires_grad=True)
     opt = hf_adasam.create_optimizer("radam", [x], lr=0.1)
-    assert type(opt) is torch.optim.RAdam and opt.defaults["decoupled_weight_decay"] is True
+    assert type(opt) is hf_adasam.RAdam and isinstance(opt, torch.optim.RAdam)
+    assert opt.defaults["decoupled_weight_decay"] is True
     moves = []
     for _ in range(7):
         before = x.item()

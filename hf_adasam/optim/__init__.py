@@ -5,6 +5,7 @@ from .adasam import AdaSAM
 from .adashift import AdaShift
 from .cprop import CPropAdam, CPropSGD
 from .generic_adam import GenericAdam
+from .radam import RAdam
 from .set_adam import SETAdam
 
-__all__ = ["AdaSAM", "AdaShift", "Adai", "CPropAdam", "CPropSGD", "GenericAdam", "SETAdam"]
+__all__ = ["AdaSAM", "AdaShift", "Adai", "CPropAdam", "CPropSGD", "GenericAdam", "RAdam", "SETAdam"]
