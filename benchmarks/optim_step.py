@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,10 +62,13 @@ TRAFFIC: dict[str, int] = {
     "cprop_adam": 11,  # p r/w, g r, m, v, mu, M r/w
     "cprop_sgd": 9,  # p r/w, g r, buffer, mu, M r/w
     "generic_adam": 7,
-    # SAM's own tensor work over AdamW: AdamW's 7 + ‖g‖ (g r) + save w (p r, copy w) + w += ρ g/‖g‖ (p r/w, g r)
-    # + restore (copy r, p w); the forward/backward passes are not part of an optimizer's step
-    "sam": 15,
 }
+# SAM's own tensor work per two-pass step: ‖g‖ (g r) + save w (p r, copy w) + w += ρ g/‖g‖ (p r/w, g r)
+# + restore (copy r, p w); the forward/backward passes are not part of an optimizer's step
+SAM_OPS = 8
+# ASAM's (T = |w| + η): SAM's + ‖T g‖ (p r, g r); T² g and ‖e‖ fold into that pass and into the perturbing one
+ASAM_OPS = SAM_OPS + 2
+TRAFFIC["sam"] = TRAFFIC["adamw"] + SAM_OPS  # SAM's tensor work over AdamW
 # untimed steps before timing: AdaShift only stores gradients until its window of n = 10 is full, and its
 # compiled kernel is specialised (recompiled) for those first steps; timing must start in the steady state
 WARMUP = 12
@@ -77,18 +82,26 @@ PEERS: dict[str, tuple[str, dict]] = {
 }
 
 
-def copy_bandwidth(numel: int = 64 * 2**20, repeats: int = 20) -> float:
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); nothing to do on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(numel: int = 64 * 2**20, repeats: int = 20, device: torch.device | str = "cpu") -> float:
     """Bytes per second of ``a.add_(b)`` on fp32 buffers much larger than the caches: read a and b, write a.
 
     In place, like an optimizer step. (A plain ``dst.copy_(src)`` also reads every destination line before
     writing it, which the byte count 2 x size would miss, and then the floor comes out above AdamW fused.)
     """
-    a, b = torch.randn(numel), torch.randn(numel)
+    a, b = torch.randn(numel, device=device), torch.randn(numel, device=device)
     a.add_(b)
     times = []
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         a.add_(b)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return 3 * numel * 4 / statistics.median(times)
 
@@ -103,22 +116,41 @@ def state_arrays(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) ->
     for i in range(12):
         p.grad = torch.full_like(p, 1e-3 * (i + 1))
         opt.step()
+    return array_bytes(opt.state) / (p.numel() * p.element_size())
 
-    def numel(x: object) -> int:
-        if isinstance(x, torch.Tensor):
-            return x.numel() if x.numel() > 1 else 0  # step counters and scalars are not arrays
-        if isinstance(x, (list, tuple, deque)):
-            return sum(numel(v) for v in x)
-        if isinstance(x, dict):
-            return sum(numel(v) for v in x.values())
-        return 0
 
-    return sum(numel(st) for st in opt.state.values()) / p.numel()
+def array_bytes(x: object) -> int:
+    """Bytes of the arrays in ``x`` (tensors in nested lists, tuples, deques, dicts); step counters and other
+    0-d or one-element tensors are not arrays."""
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size() if x.numel() > 1 else 0
+    if isinstance(x, (list, tuple, deque)):
+        return sum(array_bytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(array_bytes(v) for v in x.values())
+    return 0
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """(bytes of the optimizer's state, bytes of SAM's saved copy of w) held between steps.
+
+    ``hf_adasam.SAM`` shares its base optimizer's ``state`` and keeps the copy of w in ``opt.sam``;
+    ``pytorch_optimizer.SAM`` keeps its copy (``old_p``) in ``state`` only within a step, so it holds none between.
+    """
+    base = getattr(opt, "base_optimizer", None)
+    n = array_bytes(opt.state) + (array_bytes(base.state) if base is not None and base.state is not opt.state else 0)
+    sam = getattr(opt, "sam", None)
+    return n, (sam.state_bytes if sam is not None and hasattr(sam, "state_bytes") else 0)
+
+
+SIZES = {"tiny": (64, 1, 256, 1000), "22m": (384, 6, 1536, 30522), "110m": (768, 12, 3072, 30522)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bert_shapes(size: str) -> list[tuple[int, ...]]:
-    h, layers, inter = {"22m": (384, 6, 1536), "110m": (768, 12, 3072)}[size]
-    shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
+    """BERT's parameter shapes (MiniLM-L6 at 22m, BERT-base at 110m; ``tiny``, 0.1M, for smoke runs)."""
+    h, layers, inter, vocab = SIZES[size]
+    shapes: list[tuple[int, ...]] = [(vocab, h), (512, h), (2, h), (h,), (h,)]
     for _ in range(layers):
         shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (inter, h), (inter,), (h, inter), (h,), (h,), (h,)]
     return [*shapes, (h, h), (h,)]
@@ -139,7 +171,7 @@ def make_peer(name: str, ps: list | list[dict]) -> torch.optim.Optimizer:
 
 def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
     """Pack the methods into groups whose rows (with the baselines) fit in ``--mem-gb``."""
-    bytes_per_copy = numel * 4
+    bytes_per_copy = numel * DTYPES[args.dtype].itemsize
     baseline = (1 + 2) * 2 + 1  # two AdamW rows: params + m + v each, plus the shared grads
     if args.peers == "true":
         baseline += 1 + 3  # AMSGrad: params + m + v + v_max
@@ -174,7 +206,8 @@ def run_groups(args: argparse.Namespace, groups: list[list[str]]) -> dict:
             stem = Path(tmp) / f"group{i}"
             cmd = [sys.executable, __file__, "--size", args.size, "--steps", str(args.steps), "--warmup",
                    str(args.warmup), "--impls", args.impls, "--names", ",".join(names), "--threads",
-                   str(args.threads), "--peers", args.peers, "--out", str(stem), "--mem-gb", "inf"]
+                   str(args.threads), "--peers", args.peers, "--out", str(stem), "--mem-gb", "inf",
+                   "--device", args.device, "--dtype", args.dtype, "--rss", args.rss]
             print(f"group {i + 1}/{len(groups)}: {', '.join(names)}", flush=True)
             subprocess.run(cmd, check=True)
             res = json.loads(stem.with_suffix(".json").read_text())
@@ -191,20 +224,37 @@ def run_groups(args: argparse.Namespace, groups: list[list[str]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["22m", "110m"], default="22m")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=WARMUP)
-    ap.add_argument("--impls", default="compiled,foreach")
-    ap.add_argument("--names", default=",".join([*hf_adasam.OPTIMIZERS, SAM]))
+    ap.add_argument("--size", choices=list(SIZES), default="22m",
+                    help="parameter shapes: MiniLM-L6 (22m), BERT-base (110m) or a 0.1M smoke-test model (tiny)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per row (interleaved)")
+    ap.add_argument("--warmup", type=int, default=WARMUP, help="untimed steps per row first (compile included)")
+    ap.add_argument("--impls", default="compiled,foreach", help="hf-adasam kernels to time, comma-separated")
+    ap.add_argument("--names", default=",".join([*hf_adasam.OPTIMIZERS, SAM]),
+                    help=f"optim names to time, comma-separated; {SAM!r} is SAM's tensor work over AdamW fused")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--peers", default="true", choices=["true", "false"],
                     help="also time torch's AMSGrad and pytorch_optimizer's version of each method")
     ap.add_argument("--mem-gb", type=float, default=14.0,
                     help="memory the rows of one process may hold; more rows than fit run in groups")
-    ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/optim_step_<size>)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where parameters, gradients and states live (cuda: timings synchronise the device)")
+    ap.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                    help="dtype of parameters, gradients and hence states (not autocast: the step itself in that "
+                         "dtype); the floors count its bytes")
+    ap.add_argument("--rss", default="child", choices=["child", "off"],
+                    help="CPU memory per row: 'child' runs each row again in a fresh process (glibc returning "
+                         "freed blocks to the OS at once) and reads its peak RSS; on CUDA the peak comes from "
+                         "torch.cuda.max_memory_allocated in this process")
+    ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/optim_step_<size>, "
+                                                "with _<device>_<dtype> appended unless cpu fp32)")
+    ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # internal: one row's memory, as JSON
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}"
+    if args.rss_child:
+        print(json.dumps(rss_child(args, args.rss_child)))
+        return
+    suffix = "" if (args.device, args.dtype) == ("cpu", "fp32") else f"_{args.device}_{args.dtype}"
+    stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}{suffix}"
     numel = sum(math.prod(s) for s in bert_shapes(args.size))
     groups = plan_groups(args, numel) if math.isfinite(args.mem_gb) else [args.names.split(",")]
     if len(groups) > 1:
@@ -216,14 +266,18 @@ def main() -> None:
 class Problem:
     """BERT-shaped parameters with fixed gradients; every optimizer gets its own fresh parameters."""
 
-    def __init__(self, size: str) -> None:
+    def __init__(self, size: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.shapes = bert_shapes(size)
+        self.device, self.dtype = torch.device(device), dtype
         self.gen = torch.Generator().manual_seed(0)
-        self.grads = [torch.randn(s, generator=self.gen) * 1e-3 for s in self.shapes]
+        self.grads = [self._tensor(s, 1e-3) for s in self.shapes]
         self.numel = sum(t.numel() for t in self.grads)
 
+    def _tensor(self, shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen).mul_(scale).to(self.device, self.dtype)
+
     def params(self) -> list[torch.Tensor]:
-        ps = [torch.randn(s, generator=self.gen).requires_grad_() for s in self.shapes]
+        ps = [self._tensor(s).requires_grad_() for s in self.shapes]
         self.set_grads(ps)
         return ps
 
@@ -231,7 +285,7 @@ class Problem:
         """Shared gradients (optimizers must not write into them); as a SAM closure, the backward without a model."""
         for p, gr in zip(ps, self.grads, strict=True):
             p.grad = gr
-        return torch.zeros(())
+        return torch.zeros((), device=self.device)
 
     def groups(self, ps: list[torch.Tensor] | None = None) -> list[dict]:
         """Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not."""
@@ -240,17 +294,47 @@ class Problem:
                 {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
 
 
-def sam_steps(prob: Problem, peers: bool) -> dict[str, Callable[[], None]]:
-    """SAM's tensor work over AdamW fused, the closure standing in for forward/backward."""
-    ps = prob.params()
-    ours = hf_adasam.SAM(torch.optim.AdamW(prob.groups(ps), lr=1e-3, fused=True), rho=0.05)
+@dataclass
+class Row:
+    label: str
+    step: Callable[[], None]
+    opt: torch.optim.Optimizer
+    arrays: int  # TRAFFIC: arrays read + written per element per step
 
-    def ours_step() -> None:
-        ours.zero_grad()
-        ours.step(lambda: prob.set_grads(ps))
 
-    steps = {"SAM over AdamW fused (hf_adasam.SAM)": ours_step}
-    if peers:
+def row_keys(args: argparse.Namespace) -> list[str]:
+    """Every row of the run as a key ``build_row`` understands (also passed to a ``--rss-child``)."""
+    peers = args.peers == "true"
+    keys = ["adamw_fused", "adamw_foreach", *(["amsgrad"] if peers else [])]
+    impls = args.impls.split(",")
+    for name in args.names.split(","):
+        if name == SAM:
+            keys += ["sam", *(["sam_peer"] if peers else [])]
+            continue
+        keys += [f"{name}:{impl}" for impl in impls]
+        if peers and name in PEERS:
+            keys.append(f"peer:{name}")
+    return keys
+
+
+def build_row(key: str, prob: Problem) -> Row:
+    if key in ("adamw_fused", "adamw_foreach"):
+        kind = key.split("_")[1]
+        opt = torch.optim.AdamW(prob.groups(), lr=1e-3, **{kind: True})
+        return Row(f"AdamW {kind}", opt.step, opt, TRAFFIC["adamw"])
+    if key == "amsgrad":
+        opt = torch.optim.Adam(prob.groups(), lr=1e-3, amsgrad=True, foreach=True)
+        return Row("Adam amsgrad (torch foreach)", opt.step, opt, TRAFFIC["amsgrad"])
+    if key == "sam":  # SAM's tensor work over AdamW fused, the closure standing in for forward/backward
+        ps = prob.params()
+        ours = hf_adasam.SAM(torch.optim.AdamW(prob.groups(ps), lr=1e-3, fused=True), rho=0.05)
+
+        def ours_step() -> None:
+            ours.zero_grad()
+            ours.step(lambda: prob.set_grads(ps))
+
+        return Row("SAM over AdamW fused (hf_adasam.SAM)", ours_step, ours, TRAFFIC[SAM])
+    if key == "sam_peer":
         import pytorch_optimizer
 
         peer_ps = prob.params()
@@ -261,69 +345,137 @@ def sam_steps(prob: Problem, peers: bool) -> dict[str, Callable[[], None]]:
             prob.set_grads(peer_ps)
             peer.second_step()
 
-        steps["SAM over AdamW fused (pytorch_optimizer.SAM)"] = peer_step
-    return steps
+        return Row("SAM over AdamW fused (pytorch_optimizer.SAM)", peer_step, peer, TRAFFIC[SAM])
+    if key.startswith("peer:"):
+        name = key.removeprefix("peer:")
+        opt = make_peer(name, prob.groups())
+        return Row(f"{name} (pytorch_optimizer.{PEERS[name][0]})", opt.step, opt, TRAFFIC[name])
+    name, impl = key.split(":")
+    opt = make_ours(name, impl, prob.groups())
+    return Row(f"{name} {impl}", opt.step, opt, TRAFFIC[name])
+
+
+def _proc_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def rss_child(args: argparse.Namespace, key: str) -> dict:
+    """One row alone in this (fresh) process: peak RSS while it steps, after ``--warmup`` steps (compile included).
+
+    The parent starts it with ``MALLOC_MMAP_THRESHOLD_`` fixed, so glibc serves every large block by mmap and
+    returns it to the OS when freed: RSS then counts live tensors, and the peak counts every temporary.
+    The peak RSS counter (VmHWM) is reset through ``/proc/self/clear_refs`` before the measured steps.
+    """
+    if key == "sam_peer" or key.startswith("peer:"):
+        import pytorch_optimizer  # noqa: F401  (its import is not the row's memory)
+    prob = Problem(args.size, args.device, DTYPES[args.dtype])
+    base = _proc_kib("VmRSS") * 1024  # the process with the shared gradients
+    row = build_row(key, prob)
+    param_bytes = prob.numel * prob.dtype.itemsize  # the row's own parameters
+    for _ in range(args.warmup):
+        row.step()
+    before = _proc_kib("VmRSS") * 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    for _ in range(3):
+        row.step()
+    peak = _proc_kib("VmHWM") * 1024
+    return {"label": row.label, "peak_rss_MB": peak / 2**20,
+            "peak_over_params_grads_B_per_param": (peak - base - param_bytes) / prob.numel,
+            "step_transient_B_per_param": (peak - before) / prob.numel}
+
+
+def memory_by_child(args: argparse.Namespace, keys: list[str]) -> dict[str, dict]:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = {}
+    for key in keys:
+        cmd = [sys.executable, __file__, "--size", args.size, "--warmup", str(args.warmup), "--impls", args.impls,
+               "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype, "--rss-child", key]
+        res = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"memory {r['label']}: peak RSS {r['peak_rss_MB']:.0f} MB", flush=True)
+        out[r["label"]] = r
+    return out
 
 
 def measure(args: argparse.Namespace) -> dict:
-    prob = Problem(args.size)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    prob = Problem(args.size, args.device, dtype)
     shapes, numel = prob.shapes, prob.numel
-    rows: dict[str, Callable[[], None]] = {}
+    rows: dict[str, Row] = {}
     compile_s: dict[str, float] = {}
-    traffic: dict[str, int] = {}
+    memory: dict[str, dict] = {}
+    keys = row_keys(args)
 
-    def add(label: str, step: Callable[[], None], arrays: int) -> None:
+    for key in keys:
+        row = build_row(key, prob)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
-            step()
-        compile_s[label] = time.perf_counter() - t0
-        print(f"warm-up {label}: {compile_s[label]:.1f} s", flush=True)
-        rows[label], traffic[label] = step, arrays
-
-    add("AdamW fused", torch.optim.AdamW(prob.groups(), lr=1e-3, fused=True).step, TRAFFIC["adamw"])
-    add("AdamW foreach", torch.optim.AdamW(prob.groups(), lr=1e-3, foreach=True).step, TRAFFIC["adamw"])
-    if args.peers == "true":
-        add("Adam amsgrad (torch foreach)",
-            torch.optim.Adam(prob.groups(), lr=1e-3, amsgrad=True, foreach=True).step, TRAFFIC["amsgrad"])
-    for name in args.names.split(","):
-        if name == SAM:
-            for label, step in sam_steps(prob, args.peers == "true").items():
-                add(label, step, TRAFFIC[SAM])
-            continue
-        for impl in args.impls.split(","):
-            add(f"{name} {impl}", make_ours(name, impl, prob.groups()).step, TRAFFIC[name])
-        if args.peers == "true" and name in PEERS:
-            add(f"{name} (pytorch_optimizer.{PEERS[name][0]})", make_peer(name, prob.groups()).step, TRAFFIC[name])
+            row.step()
+        sync(device)
+        compile_s[row.label] = time.perf_counter() - t0
+        print(f"warm-up {row.label}: {compile_s[row.label]:.1f} s", flush=True)
+        rows[row.label] = row
+        if device.type == "cuda":  # exact: the caching allocator counts live tensors
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            for _ in range(3):
+                row.step()
+            sync(device)
+            transient = torch.cuda.max_memory_allocated(device) - before
+            held = sum(state_bytes(row.opt))
+            memory[row.label] = {"peak_over_params_grads_B_per_param": (held + transient) / numel,
+                                 "step_transient_B_per_param": transient / numel}
 
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.steps):  # interleaved: one step of each per round
-        for label, step in rows.items():
+        for label, row in rows.items():
+            sync(device)
             t0 = time.perf_counter()
-            step()
+            row.step()
+            sync(device)
             times[label].append(time.perf_counter() - t0)
 
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(device=device)
+    if device.type == "cpu" and args.rss == "child":
+        memory = memory_by_child(args, keys)
     ref = statistics.median(times["AdamW fused"])
     table = []
     for label, ts in times.items():
         med = statistics.median(ts)
-        floor = traffic[label] * numel * 4 / bandwidth
+        floor = rows[label].arrays * numel * dtype.itemsize / bandwidth
+        held, sam_copy = state_bytes(rows[label].opt)
         table.append({"optimizer": label, "ms_median": med * 1e3, "vs_adamw_fused": med / ref,
-                      "arrays_per_element": traffic[label], "floor_ms": floor * 1e3, "vs_floor": med / floor,
+                      "arrays_per_element": rows[label].arrays, "floor_ms": floor * 1e3, "vs_floor": med / floor,
                       "ms_p10": sorted(ts)[len(ts) // 10] * 1e3, "ms_p90": sorted(ts)[9 * len(ts) // 10] * 1e3,
-                      "warmup_s": compile_s[label]})
+                      "warmup_s": compile_s[label], "state_B_per_param": (held + sam_copy) / numel,
+                      "sam_copy_B_per_param": sam_copy / numel, **memory.get(label, {})})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(), "numel": numel,
                "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup,
-               "copy_bandwidth_GBps": bandwidth / 1e9}
+               "copy_bandwidth_GBps": bandwidth / 1e9, "device": device_name(device), "dtype": args.dtype}
     return {"machine": machine, "rows": table}
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return platform.processor() or platform.machine()
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    return format(r[key], fmt) if key in r else "–"
 
 
 def write(stem: Path, result: dict) -> None:
     machine, table, groups = result["machine"], result["rows"], result.get("groups")
-    lines = [f"# optimizer.step() on {machine['numel'] / 1e6:.1f}M params ({machine['tensors']} tensors), "
-             f"{machine['threads']} threads, torch {machine['torch']}; copy bandwidth "
-             f"{machine['copy_bandwidth_GBps']:.1f} GB/s", ""]
+    dtype = machine.get("dtype", "fp32")
+    lines = [f"# optimizer.step() on {machine['numel'] / 1e6:.1f}M {dtype} params ({machine['tensors']} tensors), "
+             f"{machine.get('device', machine['cpu'])}, {machine['threads']} threads, torch {machine['torch']}; "
+             f"copy bandwidth {machine['copy_bandwidth_GBps']:.1f} GB/s", ""]
     if groups:
         lines += [f"Rows ran in {len(groups)} processes (memory); each is against its own process's AdamW fused:",
                   ""]
@@ -332,12 +484,23 @@ def write(stem: Path, result: dict) -> None:
         lines.append("")
     group_col = " group |" if groups else ""
     lines += ["| optimizer | ms / step (median) | p10–p90 | × AdamW fused | arrays r+w | floor ms | × floor | "
-              "warm-up s (incl. compile) |" + group_col,
-              "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if groups else "")]
+              "warm-up s (incl. compile) | state B/param | of it SAM's copy of w | peak over params+grads B/param | "
+              "step transient B/param | peak RSS MB |" + group_col,
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if groups else "")]
     for r in table:
         lines.append(f"| {r['optimizer']} | {r['ms_median']:.1f} | {r['ms_p10']:.1f}–{r['ms_p90']:.1f} | "
                      f"{r['vs_adamw_fused']:.2f} | {r['arrays_per_element']} | {r['floor_ms']:.1f} | "
-                     f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} |" + (f" {r['group']} |" if groups else ""))
+                     f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} | {_cell(r, 'state_B_per_param', '.1f')} | "
+                     f"{_cell(r, 'sam_copy_B_per_param', '.1f')} | "
+                     f"{_cell(r, 'peak_over_params_grads_B_per_param', '.1f')} | "
+                     f"{_cell(r, 'step_transient_B_per_param', '.1f')} | {_cell(r, 'peak_rss_MB', '.0f')} |"
+                     + (f" {r['group']} |" if groups else ""))
+    lines += ["", "Memory: state B/param is what the optimizer holds between steps (its state tensors, and for "
+              "hf_adasam.SAM the saved copy of w), exact; the peak columns come from a fresh process per row "
+              "(CPU: peak RSS with glibc returning freed blocks at once) or torch.cuda.max_memory_allocated (CUDA), "
+              "over 3 steps after the warm-up. Step transient: the peak above what the process held before "
+              "those steps (temporaries of one step); peak over params+grads also counts the state and, on CPU, "
+              "what compiling left resident."]
     md = "\n".join(lines)
     print(md)
     stem.parent.mkdir(parents=True, exist_ok=True)

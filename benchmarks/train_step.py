@@ -1,21 +1,31 @@
-"""Seconds per optimizer step of ``SAMTrainer`` for plain AdamW and each sharpness-aware set-up.
+"""Seconds per optimizer step of ``SAMTrainer`` for plain AdamW and each sharpness-aware set-up, interleaved.
 
-One process, one small BERT (random init, from a config), the same data; every row trains the same
-model copy for ``--steps`` optimizer steps after ``--warmup`` ones and reports the wall time of a step
-(``on_step_begin`` to ``on_step_end``: forward, backward(s), perturbation, clipping, optimizer step),
-mean and median, as ratios to plain AdamW (the mean is the cost of a policy that mixes one- and
-two-pass steps; its median is that of the commoner kind), with the fraction of micro-batches that
-paid the second pass. "SAM ops" is the part of the SAM overhead that is not the extra
-forward/backward: time inside the SAM step's own tensor work (gradient norm, perturb, bit-exact
-restore, LookSAM's g_v), per step.
+One process, one small BERT (random init, from a config), the same data; every row trains its own copy
+of the same model with its own ``Trainer``, and reports the wall time of a step (``on_step_begin`` to
+``on_step_end``: forward, backward(s), perturbation, clipping, optimizer step) as a ratio to plain AdamW,
+with the fraction of micro-batches that paid the second pass. "SAM ops" is the part of the SAM overhead
+that is not the extra forward/backward: time inside the SAM step's own tensor work (gradient norm,
+perturb, bit-exact restore, LookSAM's g_v), per step, and "× floor" puts it against the bytes that work
+must move (``SAM_OPS`` / ``ASAM_OPS`` arrays of the parameters' size, from ``optim_step.py``) at the copy
+bandwidth measured in the same run.
 
 Two rows are not hf-adasam set-ups but yardsticks for it: "two passes, no perturbation" runs the
 plain step's forward/backward twice and nothing else (the floor any two-pass SAM step sits on), and
 "pytorch_optimizer SAM over AdamW" is that package's SAM (its defaults) driven from ``Trainer``:
 pass 1, ``first_step``, pass 2, and Trainer's ``optimizer.step()`` as its ``second_step``.
-Rows run round-robin ``--rounds`` times and pool their steps, so slow drift of the machine is shared.
 
-    python benchmarks/train_step.py                 # writes benchmarks/results/train_step_cpu.{json,md}
+Interleaving: each row's ``Trainer.train()`` runs unmodified in a thread of its own, and a callback hands
+a baton: at ``on_step_begin`` the row parks until the main loop lets it take one optimizer step, and the
+main loop waits until the row parks again (or finishes). Exactly one row runs at any moment (the others
+block on an event, not spinning), including the untimed work between steps (logging, the next batch).
+Each round steps every row once, in an order rotated by one every round so that no row always follows
+the same one; the first ``--warmup`` rounds are not timed. Ratios are taken per round (row / plain in the
+same round), so a slow phase of the machine lands on every row of that round alike, and reported with
+their spread: the median of the per-round ratios with its p10–p90, and the ratio of the means with a 90%
+bootstrap interval over rounds (the mean is the cost of a policy that mixes one- and two-pass steps).
+
+    python benchmarks/train_step.py                        # writes benchmarks/results/train_step_cpu.{json,md}
+    python benchmarks/train_step.py --device cuda --dtype bf16   # ... results/train_step_cuda_bf16.{json,md}
 """
 
 from __future__ import annotations
@@ -23,16 +33,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import torch
+from optim_step import ASAM_OPS, SAM_OPS, array_bytes, copy_bandwidth, device_name, sync
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback
 
 from hf_adasam import SAMTrainer, SAMTrainingArguments
 
 RESULTS = Path(__file__).parent / "results"
+# LookSAM's g_v work per step, arrays of the parameters' size: on a SAM step ⟨g, g_sam⟩ (g, g_sam r) and
+# g_v = g_sam − c g (g, g_sam r, g_v w); on the others ‖g‖, ‖g_v‖ (g, g_v r) and g += c g_v (g r/w, g_v r)
+LOOKSAM_OPS = 5
 
 
 class TwoPassTrainer(Trainer):
@@ -64,9 +80,10 @@ def peer_sam(lr: float) -> tuple[type, dict]:
     return TrainerDrivenSAM, {"base_optimizer": torch.optim.AdamW, "rho": 0.05, "lr": lr}
 
 
+PLAIN = "adamw (plain)"
 TWO_PASS = "two passes, no perturbation (yardstick)"
 ROWS: dict[str, dict] = {
-    "adamw (plain)": {"optim": "adamw_torch"},
+    PLAIN: {"optim": "adamw_torch"},
     TWO_PASS: {"optim": "adamw_torch", "trainer": TwoPassTrainer},
     "pytorch_optimizer SAM over AdamW (yardstick)": {"optim": "adamw_torch", "trainer": PeerSAMTrainer},
     "SAM over AdamW": {"optim": "adamw_torch", "sam_rho": 0.05},
@@ -76,30 +93,47 @@ ROWS: dict[str, dict] = {
     "LookSAM k=5 (adasam)": {"optim": "adasam", "sam_policy": "looksam"},
     "AE-LookSAM (adasam)": {"optim": "adasam", "sam_policy": "ae_looksam"},
 }
-SAM_ROWS = [label for label, row in ROWS.items() if "trainer" not in row and label != "adamw (plain)"]
+SAM_ROWS = [label for label, row in ROWS.items() if "trainer" not in row and label != PLAIN]
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
+def floor_arrays(row: dict, second_pass_fraction: float) -> float:
+    """Arrays of the parameters' size the SAM step's own tensor work must read + write per step, on average.
+
+    ‖g‖ every step (1 of the ``SAM_OPS``), the rest of SAM's (or ASAM's) work on the steps with a second pass,
+    LookSAM's g_v work on every step."""
+    two_pass = (ASAM_OPS if row.get("sam_adaptive") else SAM_OPS) - 1
+    looksam = LOOKSAM_OPS if "looksam" in row.get("sam_policy", "") else 0
+    return 1 + second_pass_fraction * two_pass + looksam
+
+
+class Baton(TrainerCallback):
+    """Runs one row's ``Trainer.train()`` in a thread, one optimizer step each time ``step()`` is called."""
+
+    def __init__(self, label: str, trainer: Trainer, device: torch.device, threads: int) -> None:
+        self.label, self.trainer, self.device, self.threads = label, trainer, device, threads
+        self.go, self.parked = threading.Event(), threading.Event()
         self.times: list[float] = []
-        self.t0 = 0.0
+        self.ops: list[float] = []  # seconds per step inside the SAM step's own tensor work
+        self.transient: list[int] = []  # CUDA: peak bytes allocated during a step above those held before it
+        self.finished, self.error = False, None
+        self._ops = self._t0 = 0.0
+        self._held = 0
+        trainer.add_callback(self)
+        self.thread = threading.Thread(target=self._run, name=label, daemon=True)
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.t0)
-
-
-class SAMOpsTimer(TrainerCallback):
-    """Wall time spent in the SAM step's own work (norms, perturb, restore, policy), outside forward/backward."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.trainer: SAMTrainer | None = None
+    # the row's thread
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # intra-op threads are set per calling thread
+        try:
+            self.trainer.train()
+        except BaseException as e:  # re-raised in the main thread
+            self.error = e
+        finally:
+            self.finished = True
+            self.parked.set()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        sam = self.trainer.sam if self.trainer is not None else None
+        sam = getattr(self.trainer, "sam", None)  # built by SAMTrainer.train(): wrap its tensor work in timers
         if sam is None:
             return
         for obj, name in ((sam.perturbation, "grad_norm"), (sam.perturbation, "perturb"), (sam.perturbation, "restore"),
@@ -108,13 +142,51 @@ class SAMOpsTimer(TrainerCallback):
 
     def _timed(self, fn):
         def run(*args, **kwargs):
+            sync(self.device)
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total += time.perf_counter() - t0
+                sync(self.device)
+                self._ops += time.perf_counter() - t0
 
         return run
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.parked.set()
+        self.go.wait()
+        self.go.clear()
+        self._ops = 0.0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._held = torch.cuda.memory_allocated(self.device)
+        sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter() - self._t0)
+        self.ops.append(self._ops)
+        if self.device.type == "cuda":
+            self.transient.append(torch.cuda.max_memory_allocated(self.device) - self._held)
+
+    # the main thread
+    def _wait(self) -> None:
+        self.parked.wait()
+        if self.error is not None:
+            raise RuntimeError(f"row {self.label!r} failed") from self.error
+
+    def start(self) -> None:
+        """Run the row's set-up until it parks before its first step."""
+        self.thread.start()
+        self._wait()
+
+    def step(self) -> None:
+        if self.finished:
+            raise RuntimeError(f"row {self.label!r} has no step left")
+        self.parked.clear()
+        self.go.set()
+        self._wait()
 
 
 class Data(torch.utils.data.Dataset):
@@ -130,95 +202,177 @@ class Data(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
 
 
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bootstrap(rounds: list[tuple[float, ...]], stat, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """90% interval of ``stat`` over rounds resampled with replacement (paired: a round keeps all its rows)."""
+    rng = random.Random(seed)
+    vals = sorted(stat([rng.choice(rounds) for _ in rounds]) for _ in range(n))
+    return vals[int(0.05 * n)], vals[int(0.95 * n) - 1]
+
+
+def ratio_of_means(pairs: list[tuple[float, ...]]) -> float:
+    return statistics.fmean(p[0] for p in pairs) / statistics.fmean(p[1] for p in pairs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=120, help="timed rounds (one optimizer step of every row each)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first (the first compiles AdaSAM's kernel)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="ignored: rows now interleave step by step (kept so that old command lines still run)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3, help="round-robin repeats of every row (steps pooled)")
-    ap.add_argument("--out", default=str(RESULTS / "train_step_cpu"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="Trainer's mixed precision: bf16 / fp16 set TrainingArguments(bf16=True / fp16=True) "
+                         "(float32 weights, autocast forward/backward; fp16 with a GradScaler on CUDA)")
+    ap.add_argument("--rows", default=";".join(ROWS),
+                    help=f"rows to run, separated by ';' (always with {PLAIN!r}; default all)")
+    ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/train_step_<device>"
+                                                "[_<dtype> unless fp32])")
     a = ap.parse_args()
+    device = torch.device(a.device)
+    labels = [PLAIN] + [r for r in a.rows.split(";") if r != PLAIN]
+    unknown = [r for r in labels if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    threads = torch.get_num_threads()
     cfg = BertConfig(vocab_size=8000, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
                      intermediate_size=4 * a.hidden, max_position_embeddings=a.seq, num_labels=2)
     torch.manual_seed(0)
     init = BertForSequenceClassification(cfg).state_dict()
-    data = Data(a.batch * (a.steps + a.warmup), a.seq, cfg.vocab_size)
-    times: dict[str, list[float]] = {label: [] for label in ROWS}
-    ops_s: dict[str, float] = dict.fromkeys(ROWS, 0.0)
-    second: dict[str, list[int]] = {label: [0, 0] for label in ROWS}
-    # the first training run in a process pays one-off costs (thread pools, allocator growth, the
-    # inductor cache): run plain AdamW once untimed so the baseline row is not inflated by them
-    plan = [("warm-up", ROWS["adamw (plain)"])] + [item for _ in range(a.rounds) for item in ROWS.items()]
-    for label, row in plan:
+    rounds = a.warmup + a.steps
+    data = Data(a.batch * rounds, a.seq, cfg.vocab_size)
+    batons: dict[str, Baton] = {}
+    for label in labels:  # built and set up one after another, in this thread and then each in its own
+        row = ROWS[label]
         kw = {k: v for k, v in row.items() if k != "trainer"}
         trainer_cls = row.get("trainer", SAMTrainer)
         model = BertForSequenceClassification(cfg)
         model.load_state_dict(init)
-        ops = SAMOpsTimer()
-        timer = StepTimer()
         args = SAMTrainingArguments(
-            output_dir="/tmp/hf_adasam_train_step", per_device_train_batch_size=a.batch,
-            max_steps=a.steps + a.warmup, learning_rate=1e-4, save_strategy="no", report_to=[], use_cpu=True,
-            seed=0, disable_tqdm=True, logging_steps=10_000, **kw)
+            output_dir="/tmp/hf_adasam_train_step", per_device_train_batch_size=a.batch, max_steps=rounds,
+            learning_rate=1e-4, save_strategy="no", report_to=[], use_cpu=device.type == "cpu", seed=0,
+            disable_tqdm=True, logging_steps=10_000, bf16=a.dtype == "bf16", fp16=a.dtype == "fp16", **kw)
         extra = {"optimizer_cls_and_kwargs": peer_sam(args.learning_rate)} if trainer_cls is PeerSAMTrainer else {}
-        trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[timer, ops], **extra)
-        ops.trainer = trainer if isinstance(trainer, SAMTrainer) else None
-        trainer.train()
-        if label == "warm-up":
-            continue
-        times[label] += timer.times[a.warmup:]
-        ops_s[label] += ops.total / len(timer.times) / a.rounds
-        sam = getattr(trainer, "sam", None)
-        if sam is not None:
-            second[label][0] += sam.stats.total_second_passes
-            second[label][1] += sam.stats.total_micro_batches
-        elif trainer_cls in (TwoPassTrainer, PeerSAMTrainer):
-            second[label] = [1, 1]  # the yardsticks always pay two passes
-        print(f"{label}: {statistics.fmean(timer.times[a.warmup:]) * 1e3:.1f} ms/step mean", flush=True)
+        trainer = trainer_cls(model=model, args=args, train_dataset=data, **extra)
+        batons[label] = Baton(label, trainer, device, threads)
+        batons[label].start()
+        print(f"set up {label}", flush=True)
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            batons[label].step()
+        if r == a.warmup - 1 or (r + 1) % 10 == 0:
+            print(f"round {r + 1}/{rounds} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    for b in batons.values():  # let each finish (its last step ran; on_train_end and clean-up remain)
+        b.go.set()
+        b.thread.join()
+        if b.error is not None:
+            raise RuntimeError(f"row {b.label!r} failed") from b.error
+    bandwidth = copy_bandwidth(device=device)
+
+    w = a.warmup
+    times = {label: b.times[w:] for label, b in batons.items()}
+    ops = {label: b.ops[w:] for label, b in batons.items()}
+    plain = times[PLAIN]
+    trainable = [p for p in batons[PLAIN].trainer.model.parameters() if p.requires_grad]
+    numel, param_bytes = sum(p.numel() for p in trainable), sum(p.numel() * p.element_size() for p in trainable)
     table = []
-    plain_med, plain_mean = statistics.median(times["adamw (plain)"]), statistics.fmean(times["adamw (plain)"])
-    for label, ts in times.items():
-        med, mean = statistics.median(ts), statistics.fmean(ts)  # mean: the cost of a policy mixing step kinds
-        frac = second[label][0] / second[label][1] if second[label][1] else 0.0
-        table.append({"setup": label, "s_per_step": med, "ratio": med / plain_med, "s_per_step_mean": mean,
-                      "ratio_mean": mean / plain_mean, "second_pass_fraction": frac,
-                      "sam_ops_s_per_step": ops_s[label], "steps_timed": len(ts),
-                      "p10": sorted(ts)[len(ts) // 10], "p90": sorted(ts)[9 * len(ts) // 10]})
-    nparams = sum(v.numel() for v in init.values())
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "params": nparams, "batch": a.batch, "seq": a.seq, "steps": a.steps,
-               "warmup": a.warmup, "rounds": a.rounds}
-    lines = [f"# SAMTrainer s/step, BERT {a.layers}x{a.hidden} ({nparams / 1e6:.1f}M params), batch {a.batch}, "
-             f"seq {a.seq}, {machine['threads']} CPU threads, torch {torch.__version__}; {a.steps} steps after "
-             f"{a.warmup} warm-up, {a.rounds} rounds pooled", "",
-             "| set-up | ms / step (mean) | × plain (mean) | ms / step (median) | × plain (median) | p10–p90 ms | "
-             "second-pass fraction | SAM ops ms / step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in table:
-        lines.append(f"| {r['setup']} | {r['s_per_step_mean'] * 1e3:.1f} | {r['ratio_mean']:.2f} | "
-                     f"{r['s_per_step'] * 1e3:.1f} | {r['ratio']:.2f} | {r['p10'] * 1e3:.0f}–{r['p90'] * 1e3:.0f} | "
-                     f"{r['second_pass_fraction']:.2f} | {r['sam_ops_s_per_step'] * 1e3:.1f} |")
-    # where a two-pass step's extra time goes: the second forward/backward (the yardstick's extra over
-    # plain), the SAM step's own tensor work (timed inside it), and the rest (Python, allocation, noise)
-    by = {r["setup"]: r for r in table}
-    plain, floor = by["adamw (plain)"]["s_per_step_mean"], by[TWO_PASS]["s_per_step_mean"]
-    lines += ["", "Where the extra time of an always-two-pass step goes (means, ms per step):", "",
-              "| set-up | extra over plain | second forward/backward | SAM ops | rest |", "|---|---:|---:|---:|---:|"]
-    for r in table:
-        if r["second_pass_fraction"] == 1.0 and r["setup"] != TWO_PASS:
-            extra, ops = r["s_per_step_mean"] - plain, r["sam_ops_s_per_step"]
-            ops_cell = f"{ops * 1e3:.1f}" if r["setup"] in SAM_ROWS else "(in rest)"  # not timed inside the peer
-            lines.append(f"| {r['setup']} | {extra * 1e3:.1f} | {(floor - plain) * 1e3:.1f} | {ops_cell} | "
-                         f"{(extra - (floor - plain) - ops) * 1e3:.1f} |")
-    md = "\n".join(lines)
+    for label, b in batons.items():
+        ts = times[label]
+        per_round = [t / p for t, p in zip(ts, plain, strict=True)]
+        pairs = list(zip(ts, plain, strict=True))
+        sam = getattr(b.trainer, "sam", None)
+        if sam is not None:
+            frac = sam.stats.total_second_passes / max(sam.stats.total_micro_batches, 1)
+        else:
+            frac = 1.0 if label in (TWO_PASS, "pytorch_optimizer SAM over AdamW (yardstick)") else 0.0
+        opt = b.trainer.optimizer
+        opt = getattr(opt, "optimizer", opt)  # Accelerate's wrapper
+        r = {"setup": label, "s_per_step_mean": statistics.fmean(ts), "s_per_step": statistics.median(ts),
+             "p10": pct(ts, 0.1), "p90": pct(ts, 0.9), "steps_timed": len(ts),
+             "ratio_mean": ratio_of_means(pairs), "ratio_mean_ci90": bootstrap(pairs, ratio_of_means),
+             "ratio_median": statistics.median(per_round), "ratio_p10": pct(per_round, 0.1),
+             "ratio_p90": pct(per_round, 0.9), "second_pass_fraction": frac,
+             "sam_ops_s_per_step": statistics.fmean(ops[label]),
+             "optimizer_state_B_per_param": array_bytes(opt.state) / numel,
+             "sam_state_B_per_param": (sam.state_bytes if sam is not None else 0) / numel}
+        if device.type == "cuda":
+            r["step_transient_MB_max"] = max(b.transient[w:]) / 2**20
+        if label in SAM_ROWS:
+            arrays = floor_arrays(ROWS[label], frac)
+            floor = arrays * param_bytes / bandwidth
+            r.update(sam_ops_floor_arrays=arrays, sam_ops_floor_s=floor,
+                     sam_ops_vs_floor=r["sam_ops_s_per_step"] / floor,
+                     sam_ops_vs_floor_p10_p90=(pct(ops[label], 0.1) / floor, pct(ops[label], 0.9) / floor))
+        if frac == 1.0 and label != TWO_PASS and TWO_PASS in times:
+            # where a two-pass step's extra time goes, per round: the second forward/backward (the yardstick's
+            # extra over plain), the SAM step's own tensor work (timed inside it), and the rest
+            own = ops[label] if label in SAM_ROWS else [0.0] * len(ts)  # not timed inside the peer
+            rest = [t - two - o for t, two, o in zip(ts, times[TWO_PASS], own, strict=True)]
+            r.update(extra_s=statistics.fmean(ts) - statistics.fmean(plain),
+                     second_pass_s=statistics.fmean(times[TWO_PASS]) - statistics.fmean(plain),
+                     rest_s=statistics.fmean(rest),
+                     rest_s_ci90=bootstrap([(x,) for x in rest], lambda rs: statistics.fmean(x[0] for x in rs)))
+        table.append(r)
+
+    machine = {"device": device_name(device), "threads": threads, "torch": torch.__version__, "params": numel,
+               "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup, "dtype": a.dtype,
+               "copy_bandwidth_GBps": bandwidth / 1e9, "python": platform.python_version()}
+    md = render(a, machine, table)
     print(md)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
-    out.with_suffix(".md").write_text(md + "\n")
+    stem = Path(a.out) if a.out else RESULTS / ("train_step_" + a.device + ("" if a.dtype == "fp32" else f"_{a.dtype}"))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
+    stem.with_suffix(".md").write_text(md + "\n")
+
+
+def render(a: argparse.Namespace, machine: dict, table: list[dict]) -> str:
+    ms = 1e3
+    lines = [f"# SAMTrainer s/step, BERT {a.layers}x{a.hidden} ({machine['params'] / 1e6:.1f}M params), batch "
+             f"{a.batch}, seq {a.seq}, {a.dtype}, {machine['device']}, {machine['threads']} CPU threads, torch "
+             f"{machine['torch']}; rows interleaved step by step, {a.steps} rounds after {a.warmup} warm-up; "
+             f"copy bandwidth {machine['copy_bandwidth_GBps']:.1f} GB/s", "",
+             "Ratios are to plain AdamW in the same round; [a–b] is the 90% bootstrap interval over rounds of the "
+             "ratio of means, p10–p90 that of the per-round ratios.", "",
+             "| set-up | ms / step (mean) | × plain (mean) [90% CI] | ms / step (median) | × plain (median of rounds) "
+             "[p10–p90] | p10–p90 ms | second-pass fraction | SAM ops ms / step | SAM ops × floor [p10–p90] | "
+             "optimizer state B/param | SAM state B/param |" + (" step transient MB |" if a.device == "cuda" else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if a.device == "cuda" else "")]
+    for r in table:
+        lo, hi = r["ratio_mean_ci90"]
+        floor = (f"{r['sam_ops_vs_floor']:.2f} [{r['sam_ops_vs_floor_p10_p90'][0]:.2f}–"
+                 f"{r['sam_ops_vs_floor_p10_p90'][1]:.2f}]" if "sam_ops_vs_floor" in r else "–")
+        lines.append(
+            f"| {r['setup']} | {r['s_per_step_mean'] * ms:.1f} | {r['ratio_mean']:.2f} [{lo:.2f}–{hi:.2f}] | "
+            f"{r['s_per_step'] * ms:.1f} | {r['ratio_median']:.2f} [{r['ratio_p10']:.2f}–{r['ratio_p90']:.2f}] | "
+            f"{r['p10'] * ms:.0f}–{r['p90'] * ms:.0f} | {r['second_pass_fraction']:.2f} | "
+            f"{r['sam_ops_s_per_step'] * ms:.1f} | {floor} | {r['optimizer_state_B_per_param']:.1f} | "
+            f"{r['sam_state_B_per_param']:.1f} |"
+            + (f" {r['step_transient_MB_max']:.0f} |" if "step_transient_MB_max" in r else ""))
+    lines += ["", "SAM ops × floor: the SAM step's own tensor work against the bytes it must move: "
+              f"‖g‖ every step, and on second-pass steps save w, perturb, restore ({SAM_OPS} arrays of the "
+              f"parameters' size for SAM, {ASAM_OPS} for ASAM's |w| scaling), plus LookSAM's g_v work "
+              f"({LOOKSAM_OPS}) on every step, at the copy bandwidth above.", "",
+              "Where the extra time of an always-two-pass step goes (means, ms per step; rest per round, with its "
+              "90% bootstrap interval):", "",
+              "| set-up | extra over plain | second forward/backward | SAM ops | rest [90% CI] |",
+              "|---|---:|---:|---:|---:|"]
+    for r in table:
+        if "rest_s" in r:
+            ops = f"{r['sam_ops_s_per_step'] * ms:.1f}" if r["setup"] in SAM_ROWS else "(in rest)"
+            lo, hi = r["rest_s_ci90"]
+            lines.append(f"| {r['setup']} | {r['extra_s'] * ms:.1f} | {r['second_pass_s'] * ms:.1f} | {ops} | "
+                         f"{r['rest_s'] * ms:.1f} [{lo * ms:.1f}–{hi * ms:.1f}] |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
