@@ -13,7 +13,8 @@ Adam's moments, then three operations on each layer's second moment (a layer is 
 
 Weight decay is decoupled (spec §4). The cosine is scale-free, so it is taken on :math:`v_t`
 itself; and since :math:`w` grows with :math:`v`, :math:`\min_i w_l[i]` is :math:`w` at
-:math:`\min_i v_l[i]`, so the step needs three reductions per tensor (sum, norm, min) and one fused
+:math:`\min_i v_l[i]`, so the step is two kernels: three reductions per tensor (sum, norm, min) of
+:math:`v_t` computed on the fly, giving each tensor's S and :math:`\tau \min_i w_l[i]`, then one fused
 element-wise pass. In float16 parameters ε = 1e-16 underflows to 0, so there :math:`\tilde w` is floored at
 the square root of float16's smallest positive number (2.4e-4, :func:`~hf_adasam.optim._base.denominator_floor`;
 a coordinate whose gradient is always zero stays put instead of 0/0).
@@ -108,40 +109,100 @@ def stats_over_shards(grads: list[Tensor], exp_avg_sqs: list[Tensor], beta2: flo
     return cos, [m.to(v.device, acc) for m, v in zip(mins, exp_avg_sqs, strict=True)]
 
 
+def _single_tensor_set_adam_scale(
+    grads: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    scales: list[Tensor],
+    shifts: list[Tensor],
+    *,
+    beta2: float,
+    eps: float,
+    power: float,
+    tau: float,
+    bias_correction2: float,
+    cos_given: list[Tensor] | None = None,
+    vmin_given: list[Tensor] | None = None,
+) -> None:
+    """Phase 1, per tensor: S = cos^p / (1 - β2^t) and τ sqrt(min v_t S + ε), from v_t = β2 v + (1-β2) g²
+    (computed here, stored by phase 2), into the one-element ``scales`` and ``shifts``.
+
+    Its own kernel, so that these scalars are computed once per tensor: fused into the element loop, inductor
+    recomputes them (two powers, two square roots) in every vector iteration.
+    """
+    # cos_given / vmin_given: each whole tensor's statistics, given when the tensors are shards (FSDP2)
+    for i, (g, v, scale, shift) in enumerate(zip(grads, exp_avg_sqs, scales, shifts, strict=True)):
+        if cos_given is None or vmin_given is None:
+            # v_t rounded as phase 2 stores it; reductions in float32 at least: a bf16 sum loses the cosine
+            v32 = (v * beta2 + g * g * (1 - beta2)).to(torch.promote_types(v.dtype, torch.float32))
+            cos, vmin = v32.sum() / (v32.numel() ** 0.5 * v32.norm().clamp(min=_TINY)), v32.amin()
+        else:
+            cos, vmin = cos_given[i].reshape(()), vmin_given[i].reshape(())
+        s = cos**power / bias_correction2  # S, and Adam's bias correction of v
+        scale.copy_(s)
+        shift.copy_((vmin * s + eps).sqrt() * tau)  # τ min_i w[i]
+
+
+def _multi_tensor_set_adam_scale(
+    grads: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    scales: list[Tensor],
+    shifts: list[Tensor],
+    *,
+    beta2: float,
+    eps: float,
+    power: float,
+    tau: float,
+    bias_correction2: float,
+    cos_given: list[Tensor] | None = None,
+    vmin_given: list[Tensor] | None = None,
+) -> None:
+    if cos_given is None or vmin_given is None:
+        vt = torch._foreach_mul(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(vt, grads, grads, 1 - beta2)
+        # per-layer statistics, one fused reduction each; v >= 0, so its L1 norm is its sum and its
+        # -inf norm its minimum
+        acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+        sums = torch._foreach_norm(vt, 1, dtype=acc)
+        norms = torch._foreach_norm(vt, 2, dtype=acc)
+        mins = torch._foreach_norm(vt, float("-inf"), dtype=acc)
+        torch._foreach_clamp_min_(norms, _TINY)
+        torch._foreach_mul_(norms, [v.numel() ** 0.5 for v in exp_avg_sqs])
+        s = torch._foreach_div(sums, norms)  # cos
+    else:  # each whole tensor's statistics, given when the tensors are shards (FSDP2)
+        s, mins = [c.reshape(()).clone() for c in cos_given], [m.reshape(()).clone() for m in vmin_given]
+    torch._foreach_pow_(s, power)
+    torch._foreach_div_(s, bias_correction2)
+    torch._foreach_copy_([t.reshape(()) for t in scales], s)
+    torch._foreach_mul_(mins, s)
+    torch._foreach_add_(mins, eps)
+    torch._foreach_sqrt_(mins)
+    torch._foreach_mul_(mins, tau)
+    torch._foreach_copy_([t.reshape(()) for t in shifts], mins)
+
+
 def _single_tensor_set_adam(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    scales: list[Tensor],
+    shifts: list[Tensor],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
-    power: float,
-    tau: float,
     step_size: float,
-    bias_correction2: float,
     denom_floor: float | None = None,
-    cos_given: list[Tensor] | None = None,
-    vmin_given: list[Tensor] | None = None,
 ) -> None:
-    # cos_given / vmin_given: each whole tensor's statistics, given when the tensors are shards (FSDP2)
-    for i, (x, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
+    """Phase 2, element-wise: the moments, then the step with phase 1's per-tensor S and τ min w."""
+    for x, g, m, v, scale, shift in zip(params, grads, exp_avgs, exp_avg_sqs, scales, shifts, strict=True):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
-        # reductions in float32 at least: a bf16 sum over a large layer loses the cosine
-        v32 = v.to(torch.promote_types(v.dtype, torch.float32))
-        if cos_given is None or vmin_given is None:
-            cos, vmin = v32.sum() / (v32.numel() ** 0.5 * v32.norm().clamp(min=_TINY)), v32.amin()
-        else:
-            cos, vmin = cos_given[i], vmin_given[i]
-        scale = cos**power / bias_correction2  # S, and Adam's bias correction of v
-        w = (v * scale + eps).sqrt()  # E
-        w_min = (vmin * scale + eps).sqrt()
+        w = (v * scale.reshape(()) + eps).sqrt()  # E (0-d: promotes like a Python scalar)
         x.mul_(1 - lr * weight_decay)
-        denom = w - w_min * tau  # T
+        denom = w - shift.reshape(())  # T
         if denom_floor is not None:
             denom = denom.clamp(min=denom_floor)
         x.sub_(m / denom * step_size)
@@ -152,45 +213,24 @@ def _multi_tensor_set_adam(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    scales: list[Tensor],
+    shifts: list[Tensor],
     *,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
-    power: float,
-    tau: float,
     step_size: float,
-    bias_correction2: float,
     denom_floor: float | None = None,
-    cos_given: list[Tensor] | None = None,
-    vmin_given: list[Tensor] | None = None,
 ) -> None:
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    if cos_given is None or vmin_given is None:
-        # per-layer statistics, one fused reduction each; v >= 0, so its L1 norm is its sum and its
-        # -inf norm its minimum
-        acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
-        sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=acc)
-        norms = torch._foreach_norm(exp_avg_sqs, 2, dtype=acc)
-        mins = torch._foreach_norm(exp_avg_sqs, float("-inf"), dtype=acc)
-        torch._foreach_clamp_min_(norms, _TINY)
-        torch._foreach_mul_(norms, [v.numel() ** 0.5 for v in exp_avg_sqs])
-        scale = torch._foreach_div(sums, norms)  # cos
-    else:  # each whole tensor's statistics, given when the tensors are shards (FSDP2)
-        scale, mins = [c.clone() for c in cos_given], [m.clone() for m in vmin_given]
-    torch._foreach_pow_(scale, power)
-    torch._foreach_div_(scale, bias_correction2)
-    denom = torch._foreach_mul(exp_avg_sqs, scale)  # S
+    denom = torch._foreach_mul(exp_avg_sqs, [s.reshape(()) for s in scales])  # S
     torch._foreach_add_(denom, eps)
     torch._foreach_sqrt_(denom)  # E
-    torch._foreach_mul_(mins, scale)
-    torch._foreach_add_(mins, eps)
-    torch._foreach_sqrt_(mins)
-    torch._foreach_mul_(mins, tau)
-    torch._foreach_sub_(denom, mins)  # T
+    torch._foreach_sub_(denom, [s.reshape(()) for s in shifts])  # T
     if denom_floor is not None:
         torch._foreach_clamp_min_(denom, denom_floor)
     if weight_decay != 0:
@@ -198,6 +238,30 @@ def _multi_tensor_set_adam(
     torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
 
 
-def set_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Functional SET-Adam over lists (params, grads, exp_avg, exp_avg_sq)."""
-    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, tensors, hyper, sums=True)
+def set_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    impl: str = "foreach",
+    beta2: float,
+    eps: float,
+    power: float,
+    tau: float,
+    bias_correction2: float,
+    cos_given: list[Tensor] | None = None,
+    vmin_given: list[Tensor] | None = None,
+    **hyper: Any,
+) -> None:
+    """Functional SET-Adam over lists (params, grads, exp_avg, exp_avg_sq): phase 1 (per-tensor scalars), then
+    phase 2 (the element-wise step)."""
+    # one tensor each (not views of one buffer: a compiled graph treats inputs sharing memory as aliases)
+    acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+    scales = [torch.empty(1, dtype=acc, device=v.device) for v in exp_avg_sqs]
+    shifts = [torch.empty(1, dtype=acc, device=v.device) for v in exp_avg_sqs]
+    run_kernel(impl, _single_tensor_set_adam_scale, _multi_tensor_set_adam_scale, [grads, exp_avg_sqs, scales, shifts],
+               dict(beta2=beta2, eps=eps, power=power, tau=tau, bias_correction2=bias_correction2,
+                    cos_given=cos_given, vmin_given=vmin_given), sums=True)
+    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam,
+               [params, grads, exp_avgs, exp_avg_sqs, scales, shifts], dict(beta2=beta2, eps=eps, **hyper))
