@@ -118,7 +118,9 @@ def compile_supported() -> bool:
 
 
 # tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it)
-# and each call costs ~40-80 us of dispatch (guards, wrappers), so a model of n tensors pays n / GROUP of them
+# and each call costs ~50 us of dispatch (guards, wrappers), so a model of n tensors pays n / GROUP of them.
+# Kernels with a long loop body, or optimizers that compile two kernels, pass group=2 (a cold first step within
+# 10 s on a 2-core CPU: benchmarks/results/first_step.md)
 GROUP = 4
 
 
@@ -144,12 +146,14 @@ def run_kernel(
     *,
     shared: int = 0,
     sums: bool = False,
+    group: int = GROUP,
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
     ``tensors`` are per-parameter lists (params, grads, state buffers), then ``shared`` lists whose tensors
     every parameter's update shares (Adai's running sum). A list-valued hyperparameter holds one tensor per
     parameter (whole-tensor statistics given under FSDP2). ``sums``: the kernel sums over a whole tensor.
+    ``group``: parameters per compiled call.
 
     ``"compiled"`` compiles the *single-tensor* kernel once, with dynamic shapes, and applies it to groups of
     ``GROUP`` parameters viewed as 1-D tensors (:func:`_run_compiled`); inductor fuses each tensor's chain of
@@ -163,7 +167,7 @@ def run_kernel(
     elif impl == "foreach" or single in _COMPILE_FAILED:
         multi(*tensors, **hyper)
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2)
+        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2, group)
 
 
 def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
@@ -205,8 +209,9 @@ def _run_compiled(
     hyper: dict[str, Any],
     shared: int,
     min_length: int,
+    group: int,
 ) -> None:
-    """The compiled single-tensor kernel over groups of ``GROUP`` parameters, each seen as a 1-D tensor.
+    """The compiled single-tensor kernel over groups of ``group`` parameters, each seen as a 1-D tensor.
 
     - Float hyperparameters go in as 0-d float64 tensors: a Python float would be baked into the graph, and a
       scheduled lr would recompile every step.
@@ -229,26 +234,26 @@ def _run_compiled(
     fn = compiled(single)
     done = 0  # parameters of ``fits`` updated so far: after a failed compilation, foreach takes the others
     try:
-        with _compile_settings(tensors[0][0].device):
-            signature = (single, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
-                         *((k, None if v is None else type(v)) for k, v in scalars.items()))
-            if fits and signature not in _TRACED:
-                if single not in _ANNOUNCED:
-                    _announce_compile(single, tensors[0])
-                templates = [_flat(ts[fits[0]]) for ts in per]
-                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(GROUP)] for t in templates],
+        signature = (single, group, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
+                     *((k, None if v is None else type(v)) for k, v in scalars.items()))
+        if fits and signature not in _TRACED:
+            if single not in _ANNOUNCED:
+                _announce_compile(single, tensors[0])
+            templates = [_flat(ts[fits[0]]) for ts in per]
+            with _compile_settings(tensors[0][0].device):
+                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(group)] for t in templates],
                    *[[torch.zeros_like(t) for t in ts] for ts in flat_common],
-                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(GROUP)] if k in listed else v
+                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(group)] if k in listed else v
                       for k, v in scalars.items()})
-                _TRACED.add(signature)
-            for start in range(0, len(fits), GROUP):
-                idx = fits[start : start + GROUP]
-                pad = GROUP - len(idx)
-                lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
-                args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
-                        for k, v in scalars.items()}
-                fn(*lists, *flat_common, **args)
-                done += len(idx)
+            _TRACED.add(signature)
+        for start in range(0, len(fits), group):
+            idx = fits[start : start + group]
+            pad = group - len(idx)
+            lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
+            args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
+                    for k, v in scalars.items()}
+            fn(*lists, *flat_common, **args)
+            done += len(idx)
     except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
         _compile_failed(single, err)
         rest = sorted(rest + fits[done:])
@@ -256,10 +261,12 @@ def _run_compiled(
 
 
 def _flat(t: Tensor) -> Tensor:
-    """``t``'s elements as a 1-D tensor on the same memory (``t`` contiguous).
+    """``t``'s elements as a 1-D tensor on the same memory (``t`` contiguous): ``t`` itself if it is one.
 
     Not ``t.view(-1)``: dynamo guards a view's base, so bases of different ranks would recompile the graph.
     """
+    if t.dim() == 1 and t._base is None and not t.requires_grad:  # (a parameter: guards would see requires_grad)
+        return t
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
@@ -274,7 +281,8 @@ def _padded(ts: list[Tensor], pad: int, length: int) -> list[Tensor]:
 
 @contextlib.contextmanager
 def _compile_settings(device: torch.device) -> Iterator[None]:
-    """Settings for compiling our kernels, in force during their calls only (they matter when one compiles).
+    """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
+    later recompilation, after a guard fails, compiles without them: only slower, not different).
 
     - Scalar tail loops: a vectorised tail (the last < 16 elements of a tensor) is more C++ to compile per loop.
     - No duck sizing: two parameters of a group that happen to share a length must not share a symbol, or

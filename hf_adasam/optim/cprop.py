@@ -262,9 +262,9 @@ def _multi_tensor_cprop_sgd(
 
 def cprop_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional CProp-Adam over lists (params, grads, exp_avg, exp_avg_sq, cprop_mean, cprop_m2)."""
-    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyper)
+    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyper, group=2)  # erf: a long loop
 
 
 def cprop_sgd(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional CProp-SGD over lists (params, grads, momentum_buffer, cprop_mean, cprop_m2)."""
-    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyper)
+    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyper, group=2)  # erf: a long loop
