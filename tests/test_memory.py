@@ -56,13 +56,10 @@ def test_every_registered_optimizer_is_covered() -> None:
 @pytest.mark.parametrize("impl", ["single", "foreach"])
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_state_holds_the_documented_arrays(case: str, impl: str) -> None:
-    if case == "cprop_sgd":
-        pytest.xfail("CProp-SGD keeps a momentum buffer at momentum=0 too (torch.optim.SGD keeps none): one copy more")
     name = next(n for n in sorted(hf_adasam.OPTIMIZERS, key=len, reverse=True) if case.startswith(n))
     kw, expected = EXPECTED[case]
     p = torch.zeros(6, 5, requires_grad=True)
-    impl_kw = {"foreach": impl == "foreach"} if hf_adasam.OPTIMIZERS[name].cls is torch.optim.RAdam else {"impl": impl}
-    opt = hf_adasam.create_optimizer(name, [p], lr=1e-3, **kw, **impl_kw)
+    opt = hf_adasam.create_optimizer(name, [p], lr=1e-3, **kw, impl=impl)
     for i in range(12):  # past AdaShift's window
         p.grad = torch.full_like(p, 1e-3 * (i + 1))
         opt.step()

@@ -117,11 +117,11 @@ def compile_supported() -> bool:
     return True
 
 
-# tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it)
-# and each call costs ~50 us of dispatch (guards, wrappers), so a model of n tensors pays n / GROUP of them.
-# Kernels with a long loop body, or optimizers that compile two kernels, pass group=2 (a cold first step within
-# 10 s on a 2-core CPU: benchmarks/results/first_step.md)
-GROUP = 4
+# tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it:
+# on a 2-core CPU ~2 s a cold first step per 2 more) and each call costs ~50 us of dispatch (guards, wrappers),
+# so a model of n tensors pays n / GROUP of them (MiniLM, 103 tensors: ~2.6 ms a step at 2). 2 keeps every
+# optimizer's cold first step near 8 s (benchmarks/results/first_step.md)
+GROUP = 2
 
 
 @functools.cache

@@ -176,7 +176,7 @@ def _multi_tensor_adai_second_moment(
 def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): v_t, and total += sum(v_hat)."""
     run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper,
-               shared=1, sums=True, group=2)
+               shared=1, sums=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,5 +244,5 @@ def _multi_tensor_adai(
 
 def adai(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``vhat_mean``."""
-    run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper, group=2)  # two kernels: 2 per call
+    run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper)
 

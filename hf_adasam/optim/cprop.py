@@ -110,7 +110,8 @@ class CPropSGD(KernelOptimizer):
     ``momentum``, ``dampening`` and ``nesterov`` mean what they mean in ``torch.optim.SGD``.
     """
 
-    state_buffers = ("momentum_buffer", "cprop_mean", "cprop_m2")
+    # + "momentum_buffer" where momentum != 0 (as torch.optim.SGD, none without momentum)
+    state_buffers = ("cprop_mean", "cprop_m2")
 
     def __init__(
         self,
@@ -137,11 +138,16 @@ class CPropSGD(KernelOptimizer):
         super().__init__(params, defaults, impl)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
+        buffers = None
+        if group["momentum"] != 0:
+            for p in params:  # created at the first step with momentum (torch.optim.SGD: at the first gradient)
+                self.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+            (buffers,) = self.buffers(params, "momentum_buffer")
         cprop_sgd(
             *self.lists(params, *self.state_buffers),
             lr=group["lr"],
             momentum=group["momentum"],
-            has_momentum=group["momentum"] != 0,  # a bool: the compiled kernel gets floats as tensors
+            momentum_buffers=buffers,
             # torch.optim.SGD starts the buffer at the first gradient, undampened
             dampening=group["dampening"] if step > 1 else 0.0,
             weight_decay=group["weight_decay"],
@@ -231,29 +237,31 @@ def _multi_tensor_cprop_adam(
 
 
 def _single_tensor_cprop_sgd(
-    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
-    lr: float, momentum: float, has_momentum: bool, dampening: float, weight_decay: float, nesterov: bool,
-    **cprop_kw: Any,
+    params: list[Tensor], grads: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
+    lr: float, momentum: float, momentum_buffers: list[Tensor] | None, dampening: float, weight_decay: float,
+    nesterov: bool, **cprop_kw: Any,
 ) -> None:
-    for x, g, buf, mu, m2 in zip(params, grads, bufs, cmeans, cm2s, strict=True):
+    for i, (x, g, mu, m2) in enumerate(zip(params, grads, cmeans, cm2s, strict=True)):
         scale = _scale(g, mu, m2, **cprop_kw)  # from the raw gradient (authors' cprop_sgd.py)
         d = g + x * weight_decay
-        if has_momentum:
+        if momentum_buffers is not None:
+            buf = momentum_buffers[i]
             buf.mul_(momentum).add_(d * (1 - dampening))
             d = d + buf * momentum if nesterov else buf
         x.sub_(d * scale * lr)
 
 
 def _multi_tensor_cprop_sgd(
-    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
-    lr: float, momentum: float, has_momentum: bool, dampening: float, weight_decay: float, nesterov: bool,
-    **cprop_kw: Any,
+    params: list[Tensor], grads: list[Tensor], cmeans: list[Tensor], cm2s: list[Tensor], *,
+    lr: float, momentum: float, momentum_buffers: list[Tensor] | None, dampening: float, weight_decay: float,
+    nesterov: bool, **cprop_kw: Any,
 ) -> None:
+    bufs = momentum_buffers
     scale = _multi_tensor_scale(grads, cmeans, cm2s, **cprop_kw)  # from the raw gradient (authors' cprop_sgd.py)
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     direction = grads
-    if has_momentum:
+    if bufs is not None:
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads, alpha=1 - dampening)
         direction = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
@@ -262,9 +270,10 @@ def _multi_tensor_cprop_sgd(
 
 def cprop_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional CProp-Adam over lists (params, grads, exp_avg, exp_avg_sq, cprop_mean, cprop_m2)."""
-    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyper, group=2)  # erf: a long loop
+    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyper)
 
 
 def cprop_sgd(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Functional CProp-SGD over lists (params, grads, momentum_buffer, cprop_mean, cprop_m2)."""
-    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyper, group=2)  # erf: a long loop
+    """Functional CProp-SGD over lists (params, grads, cprop_mean, cprop_m2); ``momentum_buffers``: a list, or None
+    without momentum."""
+    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyper)

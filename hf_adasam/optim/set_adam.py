@@ -262,6 +262,6 @@ def set_adam(
     shifts = [torch.empty(1, dtype=acc, device=v.device) for v in exp_avg_sqs]
     run_kernel(impl, _single_tensor_set_adam_scale, _multi_tensor_set_adam_scale, [grads, exp_avg_sqs, scales, shifts],
                dict(beta2=beta2, eps=eps, power=power, tau=tau, bias_correction2=bias_correction2,
-                    cos_given=cos_given, vmin_given=vmin_given), sums=True, group=2)
+                    cos_given=cos_given, vmin_given=vmin_given), sums=True)
     run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam,
-               [params, grads, exp_avgs, exp_avg_sqs, scales, shifts], dict(beta2=beta2, eps=eps, **hyper), group=2)
+               [params, grads, exp_avgs, exp_avg_sqs, scales, shifts], dict(beta2=beta2, eps=eps, **hyper))
