@@ -141,7 +141,8 @@ class CPropSGD(KernelOptimizer):
         buffers = None
         if group["momentum"] != 0:
             for p in params:  # created at the first step with momentum (torch.optim.SGD: at the first gradient)
-                self.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             (buffers,) = self.buffers(params, "momentum_buffer")
         cprop_sgd(
             *self.lists(params, *self.state_buffers),
