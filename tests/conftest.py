@@ -1,4 +1,5 @@
 import os
+import warnings
 
 # Tests are offline and use the eager kernels; the compiled path has its own (slower) tests that
 # ask for impl="compiled" explicitly.
@@ -20,3 +21,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in INTEGRATION:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def compiled_means_compiled():
+    """A compiled test fails if its kernel fell back to foreach (the fallback warns; here it is an error)."""
+    from hf_adasam.optim import _base
+
+    _base._COMPILE_FAILED.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not be compiled.*")
+        yield
+    assert not _base._COMPILE_FAILED, f"fell back to foreach: {_base._COMPILE_FAILED}"

@@ -43,14 +43,8 @@ def _dynamo_room():
     torch._dynamo.reset()
 
 
-@pytest.fixture(autouse=True)
-def _compiled_means_compiled():
-    """A compiled test fails if its kernel fell back to foreach (the fallback warns; here it is an error)."""
-    _base._COMPILE_FAILED.clear()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*could not be compiled.*")
-        yield
-    assert not _base._COMPILE_FAILED, f"fell back to foreach: {_base._COMPILE_FAILED}"
+# a compiled test fails if its kernel fell back to foreach (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("compiled_means_compiled")
 
 
 def _problem_with_dead_coordinates(seed: int = 0) -> Problem:

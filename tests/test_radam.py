@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 
 import pytest
 import torch
@@ -26,14 +25,8 @@ STEPS = 24
 SHAPES = ((3, 4), (), (5,), (2, 3))  # group 0: the first two (weight decay), group 1: the rest
 
 
-@pytest.fixture(autouse=True)
-def _compiled_means_compiled():
-    """A compiled run fails here if its kernel fell back to foreach."""
-    _base._COMPILE_FAILED.clear()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*could not be compiled.*")
-        yield
-    assert not _base._COMPILE_FAILED, f"fell back to foreach: {_base._COMPILE_FAILED}"
+# a compiled test fails if its kernel fell back to foreach (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("compiled_means_compiled")
 
 
 def _problem(seed: int = 0, steps: int = STEPS) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:

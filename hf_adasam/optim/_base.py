@@ -3,9 +3,11 @@
 Each optimizer module follows ``torch.optim``'s layout: a functional kernel with a
 single-tensor path (a plain loop, the reference) and a multi-tensor path built from
 ``torch._foreach_*`` ops, plus a small ``Optimizer`` class that owns param groups and state.
-The third implementation, ``"compiled"``, is the multi-tensor kernel run through
-``torch.compile``: inductor fuses each tensor's chain of element-wise ops into one loop (C++ on
-CPU, Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does.
+The third implementation, ``"compiled"``, is the single-tensor kernel compiled once by ``torch.compile``
+with dynamic shapes and applied to the parameters a few at a time, each seen as a 1-D tensor
+(:func:`run_kernel`): inductor fuses each tensor's chain of element-wise ops into one loop (C++ on CPU,
+Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does, and one
+compilation serves any model.
 
 Sharded parameters (FSDP2's DTensors): the state is created like the parameter (DTensors, as
 ``torch.optim``'s under FSDP2, so FSDP2's checkpointing sees it), and every kernel, in every impl, runs on
