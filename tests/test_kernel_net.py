@@ -269,7 +269,7 @@ def test_a_kernel_that_cannot_compile_falls_back_to_foreach_with_a_warning(monke
     class Failed(torch._dynamo.exc.TorchDynamoException):
         pass
 
-    def refuse(fn):
+    def refuse(fn, inductor=()):
         def call(*args, **kwargs):
             raise Failed("backend refused this graph")
 

@@ -120,23 +120,28 @@ def compile_supported() -> bool:
 
 
 # tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it:
-# on a 2-core CPU ~2 s a cold first step per 2 more) and each call costs ~50 us of dispatch (guards, wrappers),
-# so a model of n tensors pays n / GROUP of them (MiniLM, 103 tensors: ~2.6 ms a step at 2). 2 keeps every
-# optimizer's cold first step near 8 s (benchmarks/results/first_step.md)
+# on a 2-core CPU ~2 s a cold first step per 2 more) and each call costs ~180 us of dynamo/AOT/inductor wrappers,
+# so a model of n tensors pays n / GROUP of them (MiniLM, 103 tensors: 52 calls, ~9 ms a step at 2:
+# benchmarks/results/profile_step_22m.md). 2 keeps every optimizer's cold first step under 10 s
+# (benchmarks/results/first_step.md)
 GROUP = 2
+# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a tensor)
+# is more C++ to compile per loop (~0.8 s of a cold first step), for a handful of elements
+_INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
 
 
 @functools.cache
-def compiled(fn: Callable[..., None]) -> Callable[..., None]:
+def compiled(fn: Callable[..., None], inductor: tuple[tuple[str, Any], ...] = ()) -> Callable[..., None]:
     """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
 
     The graph takes ``GROUP`` 1-D tensors per list, each of its own symbolic length, so one compilation serves
-    every model: the step calls it on groups of the flattened parameters (:func:`_run_compiled`).
+    every model: the step calls it on groups of the flattened parameters (:func:`_run_compiled`). ``inductor``:
+    the kernel's own inductor settings, (name, value) pairs, in force whenever it compiles.
     """
     # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
     # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=True)
+    return torch.compile(fn, fullgraph=True, dynamic=True, options={**_INDUCTOR_OPTIONS, **dict(inductor)})
 
 
 def run_kernel(
@@ -148,14 +153,14 @@ def run_kernel(
     *,
     shared: int = 0,
     sums: bool = False,
-    group: int = GROUP,
+    inductor: tuple[tuple[str, Any], ...] = (),
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
     ``tensors`` are per-parameter lists (params, grads, state buffers), then ``shared`` lists whose tensors
     every parameter's update shares (Adai's running sum). A list-valued hyperparameter holds one tensor per
     parameter (whole-tensor statistics given under FSDP2). ``sums``: the kernel sums over a whole tensor.
-    ``group``: parameters per compiled call.
+    ``inductor``: the compiled kernel's own inductor settings, (name, value) pairs.
 
     ``"compiled"`` compiles the *single-tensor* kernel once, with dynamic shapes, and applies it to groups of
     ``GROUP`` parameters viewed as 1-D tensors (:func:`_run_compiled`); inductor fuses each tensor's chain of
@@ -169,7 +174,7 @@ def run_kernel(
     elif impl == "foreach" or single in _COMPILE_FAILED:
         multi(*tensors, **hyper)
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2, group)
+        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2, inductor)
 
 
 def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
@@ -211,9 +216,9 @@ def _run_compiled(
     hyper: dict[str, Any],
     shared: int,
     min_length: int,
-    group: int,
+    inductor: tuple[tuple[str, Any], ...],
 ) -> None:
-    """The compiled single-tensor kernel over groups of ``group`` parameters, each seen as a 1-D tensor.
+    """The compiled single-tensor kernel over groups of ``GROUP`` parameters, each seen as a 1-D tensor.
 
     - Float hyperparameters go in as 0-d float64 tensors: a Python float would be baked into the graph, and a
       scheduled lr would recompile every step.
@@ -233,24 +238,24 @@ def _run_compiled(
     rest = sorted(set(range(n)) - set(fits))
     scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
     flat_common = [[_flat(t) for t in ts] for ts in common]
-    fn = compiled(single)
+    fn = compiled(single, inductor)
     done = 0  # parameters of ``fits`` updated so far: after a failed compilation, foreach takes the others
     try:
-        signature = (single, group, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
+        signature = (single, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
                      *((k, None if v is None else type(v)) for k, v in scalars.items()))
         if fits and signature not in _TRACED:
             if single not in _ANNOUNCED:
                 _announce_compile(single, tensors[0])
             templates = [_flat(ts[fits[0]]) for ts in per]
             with _compile_settings(tensors[0][0].device):
-                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(group)] for t in templates],
+                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(GROUP)] for t in templates],
                    *[[torch.zeros_like(t) for t in ts] for ts in flat_common],
-                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(group)] if k in listed else v
+                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(GROUP)] if k in listed else v
                       for k, v in scalars.items()})
             _TRACED.add(signature)
-        for start in range(0, len(fits), group):
-            idx = fits[start : start + group]
-            pad = group - len(idx)
+        for start in range(0, len(fits), GROUP):
+            idx = fits[start : start + GROUP]
+            pad = GROUP - len(idx)
             lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
             args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
                     for k, v in scalars.items()}
@@ -286,7 +291,6 @@ def _compile_settings(device: torch.device) -> Iterator[None]:
     """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
     later recompilation, after a guard fails, compiles without them: only slower, not different).
 
-    - Scalar tail loops: a vectorised tail (the last < 16 elements of a tensor) is more C++ to compile per loop.
     - No duck sizing: two parameters of a group that happen to share a length must not share a symbol, or
       the graph would be specialised to that coincidence and compile again for the next group.
     - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
@@ -302,9 +306,7 @@ def _compile_settings(device: torch.device) -> Iterator[None]:
 
     probe = cpu_vec_isa.valid_vec_isa_list
     skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
-    with fx_config.patch(use_duck_shape=False), inductor_config.patch(
-        {"cpp.enable_loop_tail_vec": False, **({"cpp.vec_isa_ok": True} if skip_probe else {})}
-    ):
+    with fx_config.patch(use_duck_shape=False), inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
         try:
             yield
         finally:

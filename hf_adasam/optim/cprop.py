@@ -257,15 +257,14 @@ def _multi_tensor_cprop_sgd(
     lr: float, momentum: float, momentum_buffers: list[Tensor] | None, dampening: float, weight_decay: float,
     nesterov: bool, **cprop_kw: Any,
 ) -> None:
-    bufs = momentum_buffers
     scale = _multi_tensor_scale(grads, cmeans, cm2s, **cprop_kw)  # from the raw gradient (authors' cprop_sgd.py)
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     direction = grads
-    if bufs is not None:
-        torch._foreach_mul_(bufs, momentum)
-        torch._foreach_add_(bufs, grads, alpha=1 - dampening)
-        direction = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    if momentum_buffers is not None:
+        torch._foreach_mul_(momentum_buffers, momentum)
+        torch._foreach_add_(momentum_buffers, grads, alpha=1 - dampening)
+        direction = torch._foreach_add(grads, momentum_buffers, alpha=momentum) if nesterov else momentum_buffers
     torch._foreach_addcmul_(params, direction, scale, -lr)
 
 
