@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._logging import logger
+from .._logging import is_main_process, logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
 
 Impl = Literal["compiled", "foreach", "single"]
@@ -326,6 +327,8 @@ COLD_COMPILE_ESTIMATE = "3-10 s on a 2-core CPU"
 def _announce_compile(single: Callable[..., None], params: Sequence[Tensor]) -> None:
     """One line, the first time a kernel compiles in this process: what, roughly how long, how to skip it."""
     _ANNOUNCED.add(single)
+    if not is_main_process():  # once per job, not once per rank under torchrun
+        return
     kind = f"{params[0].dtype}, {params[0].device.type}".replace("torch.", "") if params else ""
     logger.info(
         "hf-adasam: compiling the %s kernel (%s) with torch.compile, once for any model size: roughly %s the "
@@ -353,6 +356,16 @@ def denominator_floor(dtype: torch.dtype, smallest_denominator: float) -> float:
     return 0.0 if smallest_denominator >= info.tiny else math.sqrt(info.tiny * info.eps)
 
 
+def guard_trainers_if_loaded() -> None:
+    """Where Transformers' Trainer is already imported, make sure every Trainer refuses an optimizer that needs SAM
+    unless a SAM step runs it (hf_adasam.transformers_integration's guard; see its registration module). Imports
+    nothing when Transformers is not in use, so ``import hf_adasam`` and a plain PyTorch loop stay Transformers-free."""
+    if "transformers.trainer" in sys.modules:
+        from ..transformers_integration import register
+
+        register()
+
+
 # ----------------------------------------------------------------------------------------------
 # the base class
 # ----------------------------------------------------------------------------------------------
@@ -372,6 +385,7 @@ class KernelOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], impl: str | None = None) -> None:
         self.impl = resolve_impl(impl)
         super().__init__(params, defaults)
+        guard_trainers_if_loaded()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """``torch.optim.Optimizer.add_param_group``, refusing what the kernels cannot compute on."""
@@ -432,8 +446,9 @@ class KernelOptimizer(torch.optim.Optimizer):
         """Once, at the first step on sharded parameters (FSDP2 DTensors): what the sharded path does."""
         if not getattr(self, "_said_sharded", False) and any(is_sharded(p) for p in params):
             self._said_sharded = True
-            logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each rank's "
-                        "shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
+            if is_main_process():
+                logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each "
+                            "rank's shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         raise NotImplementedError

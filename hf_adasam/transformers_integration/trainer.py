@@ -6,19 +6,28 @@ micro-batch runs ``Trainer.training_step`` once (plain) or twice (SAM) through
 :class:`hf_adasam.sharpness.step.SAMStep`, so pass 2's gradients are scaled and accumulated exactly as
 plain gradients are.
 
-Only public ``Trainer`` methods are overridden (``get_optimizer_cls_and_kwargs``, ``create_optimizer``,
-``create_scheduler``, ``train``, ``training_step``, ``log``, ``create_model_card``); the policy's state
-travels with each checkpoint through a ``TrainerCallback``.
+Public ``Trainer`` methods are overridden (``get_optimizer_cls_and_kwargs``, ``create_optimizer``,
+``create_scheduler``, ``train``, ``training_step``, ``log``, ``create_model_card``), and one private one,
+``_prepare_inputs``, in :class:`._internals.PassTwoInputs` (pass 2 reuses pass 1's prepared batch); the policy's
+state travels with each checkpoint through a ``TrainerCallback``.
+
+The mixin composes with any ``Trainer`` subclass whatever its signature (TRL's ``SFTTrainer``, ``DPOTrainer(model,
+ref_model, args, ...)``, ``GRPOTrainer(model, reward_funcs, args, ...)``, ``RewardTrainer``): its constructor
+forwards every argument untouched and finds ``args`` and ``optimizers`` by binding them to the next class's
+signature. What the second pass does to the trainer's own bookkeeping (TRL's ``_metrics``, ``_total_train_tokens``,
+``GRPOTrainer._step``: every plain-data attribute) is rolled back after it, so logs report pass 1 only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
+import inspect
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -29,6 +38,7 @@ from .._logging import logger  # shows the start-up line under Transformers' def
 from ..registry import OPTIMIZERS, optimizer_kwargs
 from ..sharpness.config import SAMConfig
 from ..sharpness.step import SAMStep, allreduce_grads
+from . import _internals
 from .arguments import (
     SAMSeq2SeqTrainingArguments,
     SAMTrainingArguments,
@@ -36,11 +46,14 @@ from .arguments import (
     resolve_sam_config,
     without_sam_keys,
 )
-from .registration import register
+from .registration import install_trainer_guard, needs_sam_step, register, rho_given, sam_driver, unwrap
 
 __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SAMTrainerMixin", "SAMTrainingArguments"]
 
 SAM_STATE_NAME = "sam_state_rank{rank}.pt"
+
+_internals.check_prepare_inputs()
+install_trainer_guard()  # every Trainer built from now on refuses a SAM request it would not run
 
 
 def _fsdp_version(args: TrainingArguments, plugin: Any = None) -> int | None:
@@ -115,17 +128,109 @@ class _SAMStateCallback(TrainerCallback):
             torch.save(sam.state_dict(), os.path.join(folder, SAM_STATE_NAME.format(rank=args.process_index)))
 
 
-class SAMTrainerMixin:
-    """Mix into any ``Trainer`` subclass to make its ``training_step`` sharpness-aware."""
+_LEAVES = (int, float, complex, bool, str, bytes, type(None))
 
-    def __init__(self, model: Any = None, args: TrainingArguments | None = None, *rest: Any, **kwargs: Any) -> None:
+
+def _plain(value: Any) -> bool:
+    """Plain data: scalars, strings, grad-free 0-d tensors, and lists/tuples/sets/deques/dicts of plain data."""
+    if isinstance(value, _LEAVES):
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.requires_grad
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset, collections.deque)):
+        return all(_plain(v) for v in value)
+    return False
+
+
+@contextlib.contextmanager
+def _bookkeeping_rolled_back(trainer: Any) -> Iterator[None]:
+    """Whatever the code inside does to the trainer's plain-data attributes (metric lists, token and step counters)
+    is undone after it: SAM's second pass then leaves the logs as pass 1 left them. Containers are restored in place,
+    so a reference another object holds stays valid."""
+    saved = {name: (value, copy.deepcopy(value)) for name, value in vars(trainer).items()
+             if not name.startswith("_sam") and _plain(value)}
+    try:
+        yield
+    finally:
+        now = vars(trainer)
+        for name, (obj, kept) in saved.items():
+            if now.get(name) is obj and isinstance(obj, dict):
+                obj.clear()
+                obj.update(kept)
+            elif now.get(name) is obj and isinstance(obj, (list, collections.deque)):
+                obj.clear()
+                obj.extend(kept)
+            elif now.get(name) is obj and isinstance(obj, set):
+                obj.clear()
+                obj.update(kept)
+            else:
+                now[name] = kept
+
+
+def _bind(init: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments by parameter name, as the next class in the MRO will read them ({} if unknown)."""
+    try:
+        sig = inspect.signature(init)
+        bound = sig.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # the next class's own error follows when it is called
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
+    return out
+
+
+def check_optim_args(args: TrainingArguments, model: Any = None) -> None:
+    """Every ``optim_args`` key is SAM's or the optimizer's (``ValueError`` otherwise), for hf-adasam's names and for
+    Transformers' own (whose handler must read the key). Run where the trainer is built; ``create_optimizer``
+    checks again."""
+    name = optim_name(args)
+    if name in OPTIMIZERS:
+        optimizer_kwargs(name, args)
+        return
+    try:
+        SAMTrainerMixin.get_optimizer_cls_and_kwargs(args, model if isinstance(model, torch.nn.Module) else None)
+    except ValueError as err:
+        if str(err).startswith("optim_args: "):
+            raise
+    except Exception:  # an optimizer that needs the prepared model or a package: create_optimizer builds it (and
+        pass  # checks the keys again) before the first forward, and raises its own error there
+
+
+class SAMTrainerMixin(_internals.PassTwoInputs):
+    """Mix into any ``Trainer`` subclass, first in the bases, to make its ``training_step`` sharpness-aware:
+    ``class MySFT(SAMTrainerMixin, SFTTrainer)``, built exactly as the base class is (keywords or positions)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if Trainer in mro and mro.index(Trainer) < mro.index(SAMTrainerMixin):
+            base = next(b for b in mro[1:] if issubclass(b, Trainer))
+            raise TypeError(f"{cls.__name__}: SAMTrainerMixin must come first in the bases, before {base.__name__} "
+                            f"(class {cls.__name__}(SAMTrainerMixin, {base.__name__})); after it, "
+                            f"{base.__name__}.training_step would run without the SAM step")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         register()  # the optim names (TrainingArguments built before this call already needed them)
-        config = getattr(args, "sam_config", None) or (resolve_sam_config(args) if args is not None else None)
-        if config is not None and config.on:
-            _refuse_unsupported(args)  # before Trainer sets up a distributed engine we would refuse anyway
-        super().__init__(model, args, *rest, **kwargs)
+        given = _bind(super().__init__, args, kwargs)
+        training_args = given.get("args")
+        optimizer = (given.get("optimizers") or (None, None))[0]
+        config = None
+        if isinstance(training_args, TrainingArguments):  # before the base class prepares data or builds models
+            config = getattr(training_args, "sam_config", None) or resolve_sam_config(training_args)
+            self._sam_preflight(training_args, config, given.get("model"), optimizer)
+        with sam_driver():
+            super().__init__(*args, **kwargs)
         # resolved once per run: SAMTrainingArguments did it when built; plain TrainingArguments here
         self.sam_config: SAMConfig = config or resolve_sam_config(self.args)
+        if config is None:  # the base class built its own arguments (TRL does for args=None)
+            self._sam_preflight(self.args, self.sam_config, self.model, self.optimizer)
         self.sam: SAMStep | None = None
         self._sam_resume: str | None = None
         self.card_info: Any = None  # a card.CardInfo: what a recipe knows of the task, for create_model_card
@@ -139,6 +244,22 @@ class SAMTrainerMixin:
                                self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
 
+    def _sam_preflight(self, args: TrainingArguments, config: SAMConfig, model: Any, optimizer: Any) -> None:
+        """The checks that need only the arguments: refused set-ups, unknown optim_args keys, an optimizer instance
+        that needs SAM under ρ = 0 (marked as driven when SAM is on)."""
+        if config.on:
+            _refuse_unsupported(args)
+        check_optim_args(args, model)
+        if optimizer is not None:
+            if config.on:
+                unwrap(optimizer).hf_adasam_sam_driver = True
+            elif needs_sam_step(optimizer) and not rho_given(args):
+                raise RuntimeError(
+                    f"The optimizer instance {type(unwrap(optimizer)).__name__} needs SAM's second pass, but SAM is "
+                    f"off in {type(self).__name__}: rho resolves to 0 for optim={optim_name(args)}. Set rho > 0 "
+                    "(optim_args='rho=0.05' or sam_rho=0.05; SAM's default is 0.05), or rho=0 to run the base update "
+                    "alone.")
+
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
     def get_optimizer_cls_and_kwargs(args: TrainingArguments, model: Any = None) -> tuple[Any, Any]:
@@ -148,12 +269,14 @@ class SAMTrainerMixin:
             return OPTIMIZERS[name].cls, optimizer_kwargs(name, args)
         plain = copy.copy(args)
         plain.optim_args = without_sam_keys(args.optim_args)
-        return Trainer.get_optimizer_cls_and_kwargs(plain, model)
+        with sam_driver():  # the handler checks that it reads every key left
+            return Trainer.get_optimizer_cls_and_kwargs(plain, model)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        opt = super().create_optimizer(*(() if model is None else (model,)))  # 5.2's takes no model
+        with sam_driver():
+            opt = super().create_optimizer(*(() if model is None else (model,)))  # 5.2's takes no model
         if self.sam_config.on:
-            opt.hf_adasam_sam_driver = True  # tells a SAM-requiring optimizer its second pass is run
+            unwrap(opt).hf_adasam_sam_driver = True  # tells the guard a SAM-requiring optimizer's second pass is run
         return opt
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
@@ -199,6 +322,9 @@ class SAMTrainerMixin:
             path = os.path.join(self._sam_resume, SAM_STATE_NAME.format(rank=self.args.process_index))
             if os.path.isfile(path):
                 self.sam.load_state_dict(torch.load(path, weights_only=False))
+                if self.args.should_log:
+                    logger.info("hf-adasam: SAM state restored from %s (%d second passes in %d micro-batches so far)",
+                                path, self.sam.stats.total_second_passes, self.sam.stats.total_micro_batches)
             else:
                 logger.warning("No %s in %s: the SAM policy restarts from its initial state",
                                os.path.basename(path), self._sam_resume)
@@ -216,8 +342,32 @@ class SAMTrainerMixin:
                 self.sam.perturbation.scaled(self._sam_params)
 
         def backward(batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
-            # a fresh dict per pass: compute_loss pops "labels" under label smoothing
-            return lambda: super(SAMTrainerMixin, self).training_step(model, dict(batch), num_items_in_batch)
+            """Pass 1 at the first call; pass 2 at the second, on pass 1's prepared inputs, its bookkeeping undone."""
+            prepared: dict[str, Any] = {}
+
+            def run() -> torch.Tensor:
+                # a fresh dict per pass: compute_loss pops "labels" under label smoothing
+                fresh = dict(batch) if isinstance(batch, dict) else batch  # TRL's GRPO: a list of examples
+                step = functools.partial(super(SAMTrainerMixin, self).training_step, model, fresh, num_items_in_batch)
+                if not run.calls:
+                    run.calls = 1
+                    self._sam_capture = prepared
+                    try:
+                        return step()
+                    finally:
+                        self._sam_capture = None
+                if "inputs" not in prepared:
+                    _warn_once("hf-adasam: pass 1 never called Trainer._prepare_inputs, so SAM's second pass prepares "
+                               "its own inputs (a trainer that generates there would train pass 2 on new samples)")
+                self._sam_replay = prepared
+                try:
+                    with _bookkeeping_rolled_back(self):
+                        return step()
+                finally:
+                    self._sam_replay = None
+
+            run.calls = 0
+            return run
 
         if self.sam.exact_accumulation:
             self._held_batches.append(inputs)
@@ -258,6 +408,15 @@ class SAMTrainerMixin:
             from .card import write_card
 
             write_card(os.path.join(self.args.output_dir, "README.md"), self, self.card_info, **kwargs)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 class SAMTrainer(SAMTrainerMixin, Trainer):
