@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..registry import OPTIMIZERS, optimizer_kwargs
+from ..registry import OPTIMIZERS, optimizer_kwargs, parse_optim_args
 from ..sharpness.config import SAMConfig
 from . import _internals
 from .arguments import optim_name, resolve_sam_config
@@ -106,6 +106,8 @@ class SAMGuard(TrainerCallback):
     def on_init_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if _SAM_DRIVER.get():
             return
+        if optim_name(args) in OPTIMIZERS:  # a bad key first: its error names what is valid
+            parse_optim_args(optim_name(args), args.optim_args)
         if resolve_sam_config(args, warn=False).on:
             raise RuntimeError(NEEDS_SAM_MESSAGE)
         refuse_instance(optimizer, args)

@@ -256,9 +256,9 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
             elif needs_sam_step(optimizer) and not rho_given(args):
                 raise RuntimeError(
                     f"The optimizer instance {type(unwrap(optimizer)).__name__} needs SAM's second pass, but SAM is "
-                    f"off in {type(self).__name__}: rho resolves to 0 for optim={optim_name(args)}. Set rho > 0 "
-                    "(optim_args='rho=0.05' or sam_rho=0.05; SAM's default is 0.05), or rho=0 to run the base update "
-                    "alone.")
+                    f"off in {type(self).__name__}: rho resolves to 0 (neither sam_rho nor a rho key in optim_args). "
+                    "Set rho > 0 (optim_args='rho=0.05' or sam_rho=0.05; SAM's default is 0.05), or rho=0 to run the "
+                    "base update alone.")
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
