@@ -1,8 +1,13 @@
-"""Print pip constraints pinning every ``>=`` floor of ``transformers`` and ``accelerate`` in pyproject.toml.
+"""Print pip constraints pinning the floors CI's floor stage installs, read from pyproject.toml.
 
-    python .ci/floor_constraints.py > floor.txt   # transformers==X, accelerate==Y (+ torch==2.13.0)
+    python .ci/floor_constraints.py > floor.txt               # torch==2.13.0, transformers==X, accelerate==Y
+    python .ci/floor_constraints.py --trl > floor-trl.txt     # torch, transformers==X, trl==Z ([trl] extra's floor)
+    python .ci/floor_constraints.py --trl-accelerate          # accelerate==the higher of Y and the installed trl's
+                                                              # own accelerate floor (trl 1.x needs >= 1.4.0)
 
-The floors live once, in pyproject.toml's dependencies; CI's floor stage installs exactly them.
+The floors live once, in pyproject.toml: transformers and accelerate in its dependencies, trl in the ``trl``
+extra; CI's floor stage installs exactly them. trl's stage leaves accelerate to trl's own floor, which can be above
+ours (it is read from the installed trl's metadata, so it is never copied here).
 """
 
 import re
@@ -10,19 +15,58 @@ import sys
 from pathlib import Path
 
 FLOORED = ("transformers", "accelerate")
+TORCH = "torch==2.13.0"
 
 
-def floors() -> dict[str, str]:
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)  # no tomllib on Python 3.10
-    out = dict(re.findall(rf'"({"|".join(FLOORED)})>=([0-9][0-9.]*)"', deps))
-    missing = set(FLOORED) - set(out)
+def _pyproject() -> str:
+    return (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+
+
+def _floors(block: str, names: tuple[str, ...], where: str) -> dict[str, str]:
+    out = dict(re.findall(rf'"({"|".join(names)})>=([0-9][0-9.]*)"', block))
+    missing = set(names) - set(out)
     if missing:
-        sys.exit(f"pyproject.toml declares no >= floor for {', '.join(sorted(missing))}")
+        sys.exit(f"pyproject.toml declares no >= floor for {', '.join(sorted(missing))} in {where}")
     return out
 
 
+def floors() -> dict[str, str]:
+    deps = re.search(r"^dependencies = \[(.*?)^\]", _pyproject(), re.S | re.M).group(1)  # no tomllib on Python 3.10
+    return _floors(deps, FLOORED, "dependencies")
+
+
+def trl_floor() -> str:
+    extra = re.search(r"^trl = \[(.*?)\]", _pyproject(), re.S | re.M)
+    if extra is None:
+        sys.exit("pyproject.toml has no [project.optional-dependencies] trl extra")
+    return _floors(extra.group(1), ("trl",), "the trl extra")["trl"]
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def accelerate_for_installed_trl() -> str:
+    """The higher of our accelerate floor and the one the installed trl declares."""
+    from importlib.metadata import requires
+
+    ours = floors()["accelerate"]
+    theirs = [m.group(1) for r in requires("trl") or [] if (m := re.match(r"accelerate\s*>=\s*([0-9.]+)", r))
+              and "extra ==" not in r]
+    return max([ours, *theirs], key=_version)
+
+
 if __name__ == "__main__":
-    print("torch==2.13.0")
-    for name, version in floors().items():
-        print(f"{name}=={version}")
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "--trl-accelerate":
+        print(f"accelerate=={accelerate_for_installed_trl()}")
+    elif mode == "--trl":
+        print(TORCH)
+        print(f"transformers=={floors()['transformers']}")
+        print(f"trl=={trl_floor()}")
+    elif mode:
+        sys.exit(f"unknown option {mode!r}; allowed: --trl, --trl-accelerate, or none")
+    else:
+        print(TORCH)
+        for name, version in floors().items():
+            print(f"{name}=={version}")

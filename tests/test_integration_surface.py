@@ -45,7 +45,7 @@ def test_a_moved_private_name_fails_loudly_naming_it_and_the_versions_checked(mo
 def test_private_names_live_in_one_module() -> None:
     pkg = ROOT / "hf_adasam"
     private = ("_OPTIMIZER_HANDLERS", "_value2member_map_", "_member_map_", "_parse_optim_args",
-               "_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler")
+               "_save_optimizer_and_scheduler", "_load_optimizer_and_scheduler", "_prepare_inputs", "DEFAULT_CALLBACKS")
     users = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py") for name in private if name in p.read_text()}
     assert users == {"transformers_integration/_internals.py"}
 

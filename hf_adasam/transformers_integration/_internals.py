@@ -3,8 +3,10 @@
 Everything else in the integration uses public extension points (a ``TrainingArguments`` subclass,
 ``Trainer.get_optimizer_cls_and_kwargs`` / ``create_optimizer`` / ``create_scheduler`` / ``train`` /
 ``training_step`` / ``log`` / ``create_model_card``, ``TrainerCallback``). What is left here is what
-``--optim adasam`` needs in an *unmodified* script or a plain ``transformers.Trainer``, each use with
-the versions it was checked on. When one has moved, :func:`require` raises at once, naming it and the
+``--optim adasam`` needs in an *unmodified* script or a plain ``transformers.Trainer`` (the optimizer table, the
+enum, the default callbacks where the guard against a SAM optimizer without SAM sits), and the one private
+``Trainer`` method SAM's second pass overrides (:class:`PassTwoInputs`), each use with the versions it was
+checked on. When one has moved, :func:`require` raises at once, naming it and the
 way around it: nothing falls back silently.
 """
 
@@ -117,8 +119,23 @@ class PassTwoInputs:
             self._sam_capture["inputs"] = dict(prepared) if isinstance(prepared, dict) else prepared
         return prepared
 
+    @staticmethod
+    def check_captured(prepared: dict[str, Any]) -> None:
+        """Before pass 2: warn once if pass 1 never went through ``_prepare_inputs`` (it moved, or a trainer's
+        ``training_step`` bypasses it), so pass 2 prepares its own inputs."""
+        if "inputs" not in prepared and not _WARNED:
+            _WARNED.append(True)
+            from .._logging import logger
 
-def check_prepare_inputs() -> None:
+            logger.warning("hf-adasam: pass 1 never called Trainer._prepare_inputs (checked on transformers %s), so "
+                           "SAM's second pass prepares its own inputs: a trainer that generates there (GRPO) would "
+                           "train pass 2 on new samples", CHECKED)
+
+
+_WARNED: list[bool] = []
+
+
+def check_pass_two_inputs() -> None:
     """Fail at import if ``Trainer._prepare_inputs``, which :class:`PassTwoInputs` overrides, is gone."""
     from transformers import Trainer
 

@@ -7,9 +7,9 @@ micro-batch runs ``Trainer.training_step`` once (plain) or twice (SAM) through
 plain gradients are.
 
 Public ``Trainer`` methods are overridden (``get_optimizer_cls_and_kwargs``, ``create_optimizer``,
-``create_scheduler``, ``train``, ``training_step``, ``log``, ``create_model_card``), and one private one,
-``_prepare_inputs``, in :class:`._internals.PassTwoInputs` (pass 2 reuses pass 1's prepared batch); the policy's
-state travels with each checkpoint through a ``TrainerCallback``.
+``create_scheduler``, ``train``, ``training_step``, ``log``, ``create_model_card``), and one private one through
+:class:`._internals.PassTwoInputs` (pass 2 reuses pass 1's prepared batch); the policy's state travels with each
+checkpoint through a ``TrainerCallback``.
 
 The mixin composes with any ``Trainer`` subclass whatever its signature (TRL's ``SFTTrainer``, ``DPOTrainer(model,
 ref_model, args, ...)``, ``GRPOTrainer(model, reward_funcs, args, ...)``, ``RewardTrainer``): its constructor
@@ -52,7 +52,7 @@ __all__ = ["SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTrainer", "SA
 
 SAM_STATE_NAME = "sam_state_rank{rank}.pt"
 
-_internals.check_prepare_inputs()
+_internals.check_pass_two_inputs()
 install_trainer_guard()  # every Trainer built from now on refuses a SAM request it would not run
 
 
@@ -356,9 +356,7 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
                         return step()
                     finally:
                         self._sam_capture = None
-                if "inputs" not in prepared:
-                    _warn_once("hf-adasam: pass 1 never called Trainer._prepare_inputs, so SAM's second pass prepares "
-                               "its own inputs (a trainer that generates there would train pass 2 on new samples)")
+                _internals.PassTwoInputs.check_captured(prepared)
                 self._sam_replay = prepared
                 try:
                     with _bookkeeping_rolled_back(self):
@@ -408,15 +406,6 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
             from .card import write_card
 
             write_card(os.path.join(self.args.output_dir, "README.md"), self, self.card_info, **kwargs)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        logger.warning(message)
 
 
 class SAMTrainer(SAMTrainerMixin, Trainer):
