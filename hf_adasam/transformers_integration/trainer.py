@@ -186,16 +186,17 @@ def _bind(init: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str,
     return out
 
 
-def check_optim_args(args: TrainingArguments, model: Any = None) -> None:
+def check_optim_args(args: TrainingArguments) -> None:
     """Every ``optim_args`` key is SAM's or the optimizer's (``ValueError`` otherwise), for hf-adasam's names and for
     Transformers' own (whose handler must read the key). Run where the trainer is built; ``create_optimizer``
-    checks again."""
+    checks again. No model is passed: a handler that needs one (GaLore's layer-wise variant hooks the model's
+    parameters) fails here and is checked when ``create_optimizer`` builds it."""
     name = optim_name(args)
     if name in OPTIMIZERS:
         optimizer_kwargs(name, args)
         return
     try:
-        SAMTrainerMixin.get_optimizer_cls_and_kwargs(args, model if isinstance(model, torch.nn.Module) else None)
+        SAMTrainerMixin.get_optimizer_cls_and_kwargs(args, None)
     except ValueError as err:
         if str(err).startswith("optim_args: "):
             raise
@@ -224,13 +225,13 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
         config = None
         if isinstance(training_args, TrainingArguments):  # before the base class prepares data or builds models
             config = getattr(training_args, "sam_config", None) or resolve_sam_config(training_args)
-            self._sam_preflight(training_args, config, given.get("model"), optimizer)
+            self._sam_preflight(training_args, config, optimizer)
         with sam_driver():
             super().__init__(*args, **kwargs)
         # resolved once per run: SAMTrainingArguments did it when built; plain TrainingArguments here
         self.sam_config: SAMConfig = config or resolve_sam_config(self.args)
         if config is None:  # the base class built its own arguments (TRL does for args=None)
-            self._sam_preflight(self.args, self.sam_config, self.model, self.optimizer)
+            self._sam_preflight(self.args, self.sam_config, self.optimizer)
         self.sam: SAMStep | None = None
         self._sam_resume: str | None = None
         self.card_info: Any = None  # a card.CardInfo: what a recipe knows of the task, for create_model_card
@@ -244,12 +245,12 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
                                self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
 
-    def _sam_preflight(self, args: TrainingArguments, config: SAMConfig, model: Any, optimizer: Any) -> None:
+    def _sam_preflight(self, args: TrainingArguments, config: SAMConfig, optimizer: Any) -> None:
         """The checks that need only the arguments: refused set-ups, unknown optim_args keys, an optimizer instance
         that needs SAM under ρ = 0 (marked as driven when SAM is on)."""
         if config.on:
             _refuse_unsupported(args)
-        check_optim_args(args, model)
+        check_optim_args(args)
         if optimizer is not None:
             if config.on:
                 unwrap(optimizer).hf_adasam_sam_driver = True
