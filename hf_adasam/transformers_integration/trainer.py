@@ -165,6 +165,8 @@ def _bookkeeping_rolled_back(trainer: Any) -> Iterator[None]:
             elif now.get(name) is obj and isinstance(obj, set):
                 obj.clear()
                 obj.update(kept)
+            elif now.get(name) is obj and isinstance(obj, torch.Tensor):
+                obj.copy_(kept)
             else:
                 now[name] = kept
 
