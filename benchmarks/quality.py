@@ -106,7 +106,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "ae_adasam": {"optim": "adasam", "sam_policy": "ae"},
 }
 SWEEP_ROWS = ["adamw", "sam_adamw", "amsgrad", "adasam", "ae_sam", "looksam", "set_adam", "radam"]
-# (row, base) pairs the summary reports: each paper's claim is relative to that base
+# (row, base) pairs the summary reports: each paper's claim is relative to that base (the first six: the claims
+# the README states; the rest give context)
+CLAIMS = 6
 PAIRS = [("sam_adamw", "adamw"), ("adasam", "amsgrad"), ("ae_sam", "sam_adamw"), ("looksam", "sam_adamw"),
          ("set_adam", "adamw"), ("radam", "adamw"), ("amsgrad", "adamw"), ("adasam", "adamw"),
          ("ae_sam", "adamw"), ("looksam", "adamw"), ("adasam_bc", "amsgrad"), ("ae_adasam", "adasam")]
@@ -507,6 +509,7 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
         "chosen_lr": {f"{k[0]}/{k[1]}": v for k, v in chosen.items()},
         "comparisons": comparisons,
     }
+    summary["readme"] = claims(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     md = render(summary)
@@ -536,6 +539,45 @@ def render(summary: dict) -> str:
                      f"{c['train_metric']:.3f} / {c['base_train_metric']:.3f} | {cost} |")
     lines += ["", "✓: the interval excludes 0 in the row's favour; ✗: it excludes 0 against the row; "
               "(edge): the chosen lr is still at the edge of the extended grid.", ""]
+    return "\n".join(lines)
+
+
+NAMES = {"adamw": "AdamW", "sam_adamw": "SAM over AdamW", "amsgrad": "AMSGrad", "adasam": "AdaSAM",
+         "ae_sam": "AE-SAM over AdamW", "looksam": "LookSAM over AdamW", "set_adam": "SET-Adam", "radam": "RAdam",
+         "adasam_bc": "AdaSAM with bias correction", "ae_adasam": "AE-SAM over AdaSAM"}
+
+
+def claims(summary: dict) -> str:
+    """The README's "When does it help?" lines, written from the table alone: per setting, the paper-claim pairs
+    whose interval excludes 0 (either way), and those it does not. Points are 100 x the metric."""
+    comps = [c for c in summary["comparisons"] if (c["row"], c["base"]) in PAIRS[:CLAIMS]]
+    if not comps:
+        return "No comparison is complete yet."
+    n = sorted({c["n_seeds"] for c in comps})
+    lines = [f"Dev scores of MiniLM-L6, each row at the lr it chose on held-out training data, paired over "
+             f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); "
+             "`benchmarks/results/quality/summary.md`:", ""]
+    settings = sorted({(c["task"], c["noise"]) for c in comps}, key=lambda tn: (tn[0] != "sst2", tn[1] == 0, tn))
+    for task, noise in settings:
+        here = [c for c in comps if (c["task"], c["noise"]) == (task, noise)]
+        name = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task] + (f" with {noise:.0%} of training labels "
+                                                                           "flipped" if noise else "")
+
+        def say(c: dict) -> str:
+            cost = f", at {c['cost']:.2f}× its step time" if c["cost"] else ""
+            return (f"{NAMES[c['row']]} vs {NAMES[c['base']]} {100 * c['paired_diff']:+.1f} "
+                    f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]{cost}")
+
+        better = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] > 0]
+        worse = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] < 0]
+        unclear = [say(c) for c in here if not c["excludes_zero"]]
+        parts = [f"**{name}** ({METRIC[task]}):"]
+        parts.append(("better: " + "; ".join(better) + ".") if better else "no row is better than its base.")
+        if worse:
+            parts.append("Worse: " + "; ".join(worse) + ".")
+        if unclear:
+            parts.append("No difference shown (the interval includes 0): " + "; ".join(unclear) + ".")
+        lines.append("- " + " ".join(parts))
     return "\n".join(lines)
 
 
