@@ -17,12 +17,15 @@ import contextlib
 import copy
 import functools
 import os
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from .._logging import logger  # shows the start-up line under Transformers' default verbosity
@@ -115,6 +118,36 @@ class _SAMStateCallback(TrainerCallback):
             torch.save(sam.state_dict(), os.path.join(folder, SAM_STATE_NAME.format(rank=args.process_index)))
 
 
+class TrainingClock(TrainerCallback, ExportableState):
+    """The training time of a run, summed over resumes: each checkpoint's ``trainer_state.json`` records the time
+    trained so far (Transformers saves an ``ExportableState`` callback's ``state()`` there), and a run resumed from
+    it adds its own time to that. The model card reports :meth:`total_seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds_before = 0.0  # trained before this run (restored from the checkpoint resumed from)
+        self.runs = 1  # this run and those it continues
+        self.started: float | None = None  # this run's start (time.time()); None: not training now
+        self.seconds_this_run = 0.0  # this run's time once it has ended
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"seconds_before": self.total_seconds(), "runs": self.runs}}
+
+    def total_seconds(self) -> float:
+        now = time.time() - self.started if self.started is not None else self.seconds_this_run
+        return self.seconds_before + now
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__) if state.global_step > 0 else None
+        attributes = (saved[-1] if isinstance(saved, list) else saved or {}).get("attributes", {})
+        self.seconds_before = float(attributes.get("seconds_before", 0.0))  # 0 for a run that is not resumed
+        self.runs = int(attributes.get("runs", 0)) + 1
+        self.started, self.seconds_this_run = time.time(), 0.0
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.started is not None:
+            self.seconds_this_run, self.started = time.time() - self.started, None
+
+
 class SAMTrainerMixin:
     """Mix into any ``Trainer`` subclass to make its ``training_step`` sharpness-aware."""
 
@@ -138,6 +171,7 @@ class SAMTrainerMixin:
                                "runs as under DDP (parameters not sharded)", self.args.fsdp,
                                self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
+        self.add_callback(TrainingClock())
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
@@ -249,15 +283,46 @@ class SAMTrainerMixin:
             logs = {**logs, **self.sam.stats.pop_logs()}
         super().log(logs, *args, **kwargs)
 
+    @property
+    def training_clock(self) -> TrainingClock | None:
+        """The callback that times training across resumes (Transformers may replace it when it restores callbacks)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingClock)), None)
+
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """Transformers' card plus the optimizer/SAM section and metadata (what ``push_to_hub`` uploads); with
-        ``self.card_info`` set (the recipes), the whole card from hf-adasam's template."""
+        """Transformers' (or TRL's) card plus the optimizer/SAM section and metadata (what ``push_to_hub`` uploads);
+        with ``self.card_info`` set (the recipes), the whole card from hf-adasam's template. The tags,
+        ``library_name`` and other metadata of the card that was there (e.g. PEFT's, from ``save_model``) are kept."""
+        path = os.path.join(self.args.output_dir, "README.md")
+        prior = _load_card(path) if self.is_world_process_zero() else None
         if self.card_info is None:
             super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
             from .card import write_card
 
-            write_card(os.path.join(self.args.output_dir, "README.md"), self, self.card_info, **kwargs)
+            write_card(path, self, self.card_info, prior=prior, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; when the user saves (not a checkpoint), the folder also gets the model card,
+        whatever ``save_strategy`` says (checkpoints and ``push_to_hub`` write their own)."""
+        super().save_model(output_dir, _internal_call)
+        if _internal_call or not self.is_world_process_zero():
+            return
+        folder = output_dir or self.args.output_dir
+        if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
+            self.create_model_card(model_name=Path(folder).name)
+        else:  # Transformers' card goes to args.output_dir only: ours alone, around what save_pretrained wrote
+            from .card import write_card
+
+            path = os.path.join(folder, "README.md")
+            write_card(path, self, self.card_info, prior=_load_card(path))
+
+
+def _load_card(path: str) -> Any:
+    if not os.path.isfile(path):
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path)
 
 
 class SAMTrainer(SAMTrainerMixin, Trainer):
