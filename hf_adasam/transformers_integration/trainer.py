@@ -36,6 +36,7 @@ from .arguments import (
     SAMSeq2SeqTrainingArguments,
     SAMTrainingArguments,
     optim_name,
+    refuse_lone_rank,
     resolve_sam_config,
     without_sam_keys,
 )
@@ -76,12 +77,7 @@ def _refuse_unsupported(args: TrainingArguments, *, fsdp_plugin: Any = None, dee
             "parameter gradient between passes, so the perturbation would be wrong or silently absent). Use FSDP2: "
             "fsdp_config={'version': 2} (Transformers' default; Accelerate: fsdp_version: 2), or DDP, or one device."
         )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and args.world_size == 1:
-        raise ValueError(
-            f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
-            "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
-        )
+    refuse_lone_rank(args)  # SAMTrainingArguments refused it already while parsing; plain TrainingArguments here
 
 
 @contextlib.contextmanager
@@ -325,10 +321,44 @@ def _load_card(path: str) -> Any:
     return ModelCard.load(path)
 
 
-class SAMTrainer(SAMTrainerMixin, Trainer):
+class _MixinOnce(type):
+    """The metaclass of ``SAMTrainer`` and ``SAMSeq2SeqTrainer``: a subclass that names ``SAMTrainerMixin`` in its
+    bases again gets the mixin once, at the place it names it.
+
+    Under ``python -m hf_adasam``, ``transformers.Trainer`` is ``SAMTrainer`` (and TRL's trainers derive from it), so
+    a script's ``class X(SAMTrainerMixin, Trainer)`` or ``class X(SAMTrainerMixin, DPOTrainer)`` puts the mixin
+    before a base that already has it after itself, and Python finds no method order ("Cannot create a consistent
+    method resolution order"). For such a class the order is C3's over the bases with the mixin left out of the
+    bases' own orders: ``X, SAMTrainerMixin, DPOTrainer, ..., SAMTrainer, Trainer, ...``; SAM runs once, from where
+    the script put the mixin (``SAMTrainer`` itself adds nothing to the mixin). Other classes keep Python's order.
+    """
+
+    def mro(cls) -> list[type]:
+        try:
+            return super().mro()
+        except TypeError:
+            if SAMTrainerMixin not in cls.__bases__:
+                raise
+        orders = [[c for c in b.__mro__ if b is SAMTrainerMixin or c is not SAMTrainerMixin] for b in cls.__bases__]
+        return [cls, *_c3_merge([*orders, list(cls.__bases__)])]
+
+
+def _c3_merge(orders: list[list[type]]) -> list[type]:
+    out: list[type] = []
+    orders = [o for o in orders if o]
+    while orders:
+        head = next((o[0] for o in orders if not any(o[0] in rest[1:] for rest in orders)), None)
+        if head is None:
+            raise TypeError(f"no consistent method order for the bases {[o[0].__name__ for o in orders]}")
+        out.append(head)
+        orders = [r for r in ((o[1:] if o[0] is head else o) for o in orders) if r]
+    return out
+
+
+class SAMTrainer(SAMTrainerMixin, Trainer, metaclass=_MixinOnce):
     """``transformers.Trainer`` with the sharpness-aware step (see :class:`SAMTrainerMixin`)."""
 
 
-class SAMSeq2SeqTrainer(SAMTrainerMixin, Seq2SeqTrainer):
+class SAMSeq2SeqTrainer(SAMTrainerMixin, Seq2SeqTrainer, metaclass=_MixinOnce):
     """``transformers.Seq2SeqTrainer`` with the sharpness-aware step."""
 
