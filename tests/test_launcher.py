@@ -281,3 +281,19 @@ def test_launcher_composes_with_a_scripts_own_mixin_class(script, tmp_path) -> N
     except ImportError:
         return
     assert lines["DPO"] == ["1@1", "2", "True"], proc.stdout[-2000:]
+
+
+def test_script_run_without_the_launcher_gets_a_two_line_hint(script, tmp_path) -> None:
+    out = str(tmp_path / "out")
+    proc = _run([str(script), "--output_dir", out, "--optim", "adasam", "--learning_rate", "2e-5"], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "MODEL LOADING" not in proc.stdout, proc.stderr[-2000:]
+    assert lines == [  # not argparse's 100+ lines of usage; if so: is hf_adasam_hint.pth installed (pip install -e .)?
+        "train.py: error: --optim adasam is an hf-adasam optimizer, which Transformers' TrainingArguments do not know.",
+        "hint: run the script through hf-adasam's launcher, which adds the names and the SAM step: "
+        f"python -m hf_adasam {script} --output_dir {out} --optim adasam --learning_rate 2e-5"], proc.stderr[-3000:]
+    # Transformers' own names and other mistakes keep argparse's report
+    import _hf_adasam_hint
+
+    assert _hf_adasam_hint.hint("argument --optim: invalid choice: 'adamw_torchh' (choose from ...)", []) is None
+    assert _hf_adasam_hint.hint("the following arguments are required: --output_dir", []) is None
