@@ -197,11 +197,14 @@ def test_boolean_sam_flags_need_no_value(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_without_use_cpu_is_refused_while_parsing_before_the_model_loads(script, tmp_path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
+    from .test_distributed import _free_port
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "hf_adasam", str(script), "--output_dir",
-                           str(tmp_path / "out"), "--optim", "adasam", "--max_steps", "1", "--report_to", "none"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path / "elsewhere", env=env)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "hf_adasam", str(script),
+                           "--output_dir", str(tmp_path / "out"), "--optim", "adasam", "--max_steps", "1",
+                           "--report_to", "none"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path / "elsewhere", env=env)
     assert proc.returncode != 0 and "MODEL LOADING" not in proc.stdout, proc.stdout[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert errors == ["error: WORLD_SIZE=2 but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
