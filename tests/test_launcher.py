@@ -300,3 +300,14 @@ def test_script_run_without_the_launcher_gets_a_two_line_hint(script, tmp_path) 
 
     assert _hf_adasam_hint.hint("argument --optim: invalid choice: 'adamw_torchh' (choose from ...)", []) is None
     assert _hf_adasam_hint.hint("the following arguments are required: --output_dir", []) is None
+
+
+def test_a_class_naming_the_mixin_before_sam_trainer_orders_it_as_without_the_launcher() -> None:
+    from hf_adasam import SAMTrainer, SAMTrainerMixin
+
+    class Mine(SAMTrainerMixin, SAMTrainer):  # what `class Mine(SAMTrainerMixin, Trainer)` is under the launcher
+        pass
+
+    line = SAMTrainerMixin.__mro__[:-1]  # the mixin and what it builds on (object aside)
+    # as `class Mine(SAMTrainerMixin, Trainer)` without the launcher: the mixin's line first, once, then the Trainers
+    assert Mine.__mro__ == (Mine, *line, SAMTrainer, *(c for c in SAMTrainer.__mro__[1:] if c not in line))

@@ -328,18 +328,21 @@ class _MixinOnce(type):
     Under ``python -m hf_adasam``, ``transformers.Trainer`` is ``SAMTrainer`` (and TRL's trainers derive from it), so
     a script's ``class X(SAMTrainerMixin, Trainer)`` or ``class X(SAMTrainerMixin, DPOTrainer)`` puts the mixin
     before a base that already has it after itself, and Python finds no method order ("Cannot create a consistent
-    method resolution order"). For such a class the order is C3's over the bases with the mixin left out of the
-    bases' own orders: ``X, SAMTrainerMixin, DPOTrainer, ..., SAMTrainer, Trainer, ...``; SAM runs once, from where
-    the script put the mixin (``SAMTrainer`` itself adds nothing to the mixin). Other classes keep Python's order.
+    method resolution order"). For such a class the order is C3's over the bases with the mixin (and its own bases)
+    left out of the other bases' orders: ``X, SAMTrainerMixin, ..., DPOTrainer, ..., SAMTrainer, Trainer, ...``, as
+    without the launcher; SAM runs once, from where the script put the mixin (``SAMTrainer`` adds nothing to the
+    mixin). Other classes keep Python's order.
     """
 
     def mro(cls) -> list[type]:
         try:
             return super().mro()
         except TypeError:
-            if SAMTrainerMixin not in cls.__bases__:
+            mixins = [b for b in cls.__bases__ if issubclass(b, SAMTrainerMixin) and not issubclass(b, Trainer)]
+            if not mixins:
                 raise
-        orders = [[c for c in b.__mro__ if b is SAMTrainerMixin or c is not SAMTrainerMixin] for b in cls.__bases__]
+        named = {c for m in mixins for c in m.__mro__} - {object}
+        orders = [list(b.__mro__) if b in mixins else [c for c in b.__mro__ if c not in named] for b in cls.__bases__]
         return [cls, *_c3_merge([*orders, list(cls.__bases__)])]
 
 
