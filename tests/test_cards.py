@@ -171,12 +171,12 @@ def test_model_cards_has_the_reference_runs() -> None:
 
 
 @pytest.mark.parametrize("inputs", CARDS, ids=[p.parent.name for p in CARDS])
-def test_committed_model_card_is_what_the_template_renders_from_its_inputs(inputs) -> None:
+def test_committed_model_card_is_what_the_template_renders_from_its_inputs(inputs, tmp_path) -> None:
     recorded = json.loads(inputs.read_text())
     committed = (inputs.parent / "README.md").read_text()
     assert card_module.render_card(recorded) == committed, "stale: python model_cards/regenerate.py --render"
     # and the inputs hold every setting today's runs record
-    settings = card_module.training_settings(_untrained_trainer(recorded["settings"]["optim"]))
+    settings = card_module.training_settings(_untrained_trainer(recorded["settings"]["optim"], tmp_path))
     assert set(recorded["settings"]) == set(settings)
     assert set(recorded["settings"]["sam"]) - {"second_pass_fraction", "ae_total_steps"} == set(
         hf_adasam.SAMConfig.names())
@@ -184,6 +184,6 @@ def test_committed_model_card_is_what_the_template_renders_from_its_inputs(input
         assert set(recorded["info"]) == {f.name for f in dataclasses.fields(card_module.CardInfo)}
 
 
-def _untrained_trainer(optim: str):
-    args = hf_adasam.SAMTrainingArguments(output_dir="unused", optim=optim, use_cpu=True, report_to=[])
+def _untrained_trainer(optim: str, out: Path):
+    args = hf_adasam.SAMTrainingArguments(output_dir=str(out), optim=optim, use_cpu=True, report_to=[])
     return hf_adasam.SAMTrainer(model=tiny_bert(), args=args)
