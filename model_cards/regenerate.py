@@ -45,7 +45,9 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
         ["--max_train_samples", "128", "--max_steps", "8", "--max_eval_samples", "16", "--val_max_target_length", "32",
          "--logging_steps", "4"]),
     # TRL: LoRA SFT of a small causal LM with SAM (skipped where recipes/trl/sft_lora.py is not in this checkout)
-    "trl-sft-lora": (["recipes/trl/sft_lora.py"], ["--max_steps", "8", "--logging_steps", "4"]),
+    "multi30k-en-sft-lora-adasam": (
+        ["recipes/trl/sft_lora.py", "recipes/trl/configs/multi30k_en_sft_lora_adasam.json"],
+        ["--max_train_samples", "256", "--max_eval_samples", "64", "--max_steps", "8", "--logging_steps", "4"]),
 }
 
 

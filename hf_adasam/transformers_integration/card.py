@@ -50,7 +50,7 @@ class CardInfo:
     data_source: str  # where the data was read from, in words
     metrics: dict[str, float]  # metric name -> value (no "eval_" prefix)
     command: str
-    train_runtime_s: float | None = None  # None: the trainer's training time, summed over resumed runs
+    train_runtime_s: float | None = None  # only for a trainer without hf-adasam's TrainingClock (which sums resumes)
 
 
 def hardware() -> str:
@@ -167,8 +167,7 @@ def card_inputs(trainer: Any, info: CardInfo | None = None, *, base: Any = None,
     data.tags = list(dict.fromkeys([*(before.get("tags") or []), *(data.tags or []), "hf-adasam", settings["optim"],
                                     "sharpness-aware" if settings["sam"]["rho"] else "no-sam"]))
     data.hf_adasam = settings
-    seconds, runs = (info.train_runtime_s, 1) if info is not None and info.train_runtime_s is not None \
-        else _training_time(trainer)
+    seconds, runs = _training_time(trainer, info)
     base_text = base.text.strip() if base is not None else ""
     return _json({
         "card_data": data.to_dict(),
@@ -183,11 +182,14 @@ def card_inputs(trainer: Any, info: CardInfo | None = None, *, base: Any = None,
     })
 
 
-def _training_time(trainer: Any) -> tuple[float | None, int]:
-    """(seconds, runs): the training time summed over the runs of a resumed training (None: not trained)."""
+def _training_time(trainer: Any, info: CardInfo | None = None) -> tuple[float | None, int]:
+    """(seconds, runs): the training time summed over the runs of a resumed training (None: not trained), from the
+    trainer's :class:`~.trainer.TrainingClock`; without one, the recipe's figure or this run's ``train_runtime``."""
     clock = getattr(trainer, "training_clock", None)
     if clock is not None:
         return clock.total_seconds(), clock.runs
+    if info is not None and info.train_runtime_s is not None:
+        return info.train_runtime_s, 1
     runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
     return runtime, 1
 
