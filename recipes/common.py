@@ -73,10 +73,13 @@ def clean_on_failure(output_dir: str) -> Iterator[None]:
 
 
 def run_main(main: Any) -> None:
-    """Call ``main()``; bad input becomes a one-line message on stderr and exit status 2."""
+    """Call ``main()``; bad input (the recipe's, or a bad ``--optim_args``/``--sam_*`` value) becomes a one-line
+    message on stderr and exit status 2."""
+    from hf_adasam.transformers_integration.arguments import SAMArgumentError
+
     try:
         main()
-    except RecipeError as err:
+    except (RecipeError, SAMArgumentError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -14,7 +14,7 @@ import pytest
 # The Transformers integration's tests: CI runs them again on the floor versions (`pytest -m integration`).
 INTEGRATION = {"test_registry.py", "test_sam_trainer.py", "test_sam_integrations.py", "test_launcher.py",
                "test_sam_config.py", "test_integration_surface.py", "test_resume.py", "test_distributed.py",
-               "test_trainer_situations.py", "test_trl.py", "test_trainer_guards.py"}
+               "test_trainer_situations.py", "test_cards.py", "test_trl.py", "test_trainer_guards.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -78,8 +78,8 @@ def script(tmp_path) -> Path:
     return path
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _run(args: list[str], cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env_vars}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
@@ -125,6 +125,8 @@ def test_bad_optim_args_fail_before_the_model_loads_with_the_real_default(script
     assert last.endswith("optim_args: rho='abc' is invalid: allowed a number >= 0; "
                          "default 0.05 (ASAM 0.5) for optim=adasam"), proc.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+    # as argparse reports a bad flag: one line, status 2, no traceback
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {last.split('error: ')[-1]}"]
 
 
 @pytest.mark.slow
@@ -136,6 +138,13 @@ def test_scripts_own_help_through_the_launcher_shows_the_sam_keys(script, tmp_pa
         assert f"--sam_{f.name}" in text
         assert f"{f.name} (default {SAMConfig.default_text(f.name)})" in text
     assert "AnyPrecisionAdamW" not in text  # Transformers' own optim_args help is replaced
+    # each sam_* flag states its real default once (None means "not given" inside), booleans take no value
+    flags = text.split("--sam_rho SAM_RHO, --sam-rho SAM_RHO", 1)[1]  # the sam_* options, after Trainer's own
+    assert "(default: None)" not in flags and "%(default" not in flags
+    assert "Default: 0.9. Also optim_args key ae_delta." in flags  # ALGORITHMS.md: AE-SAM's δ = 0.9
+    assert "Default: 5. Also optim_args key looksam_k." in flags  # LookSAM's k = 5
+    assert "Default: false. Also optim_args key adaptive." in flags
+    assert "--sam_adaptive [SAM_ADAPTIVE]" in text
 
 
 def test_launcher_help_lists_names_knobs_with_defaults_and_examples() -> None:
@@ -150,3 +159,155 @@ def test_launcher_help_lists_names_knobs_with_defaults_and_examples() -> None:
                    for ln in lines), f.name
     assert "  ae_delta           default 0.9; allowed a number in [0, 1)" in lines
     assert "examples:" in lines and any("torchrun --nproc_per_node 2 -m hf_adasam" in ln for ln in lines)
+
+
+PARSE_ONLY = """
+from transformers import HfArgumentParser, TrainingArguments
+
+(args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
+print("PARSED", args.sam_adaptive, args.sam_exact_accumulation, args.sam_config.policy, args.sam_config.on)
+"""
+
+
+def test_knob_warning_is_one_clean_line(tmp_path) -> None:
+    path = tmp_path / "parse_only.py"
+    path.write_text(PARSE_ONLY)
+    proc = _run(["-m", "hf_adasam", str(path), "--output_dir", str(tmp_path / "out"), "--optim", "adamw_torch",
+                 "--optim_args", "policy=ae", "--sam_adaptive", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PARSED True None ae False" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [  # no ".../arguments.py:90: UserWarning" and source line
+        "hf-adasam: warning: SAM knobs policy=ae, adaptive=true have no effect: rho resolves to 0, so SAM is off "
+        "(optim=adamw_torch does not turn SAM on by itself). Set rho > 0 (e.g. rho=0.05) to use them."]
+
+
+def test_boolean_sam_flags_need_no_value(tmp_path) -> None:
+    from transformers import HfArgumentParser
+
+    from hf_adasam import SAMTrainingArguments
+
+    parser = HfArgumentParser(SAMTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "adasam", "--sam_adaptive",
+                                                  "--sam_sync_perturbation", "--sam_exact_accumulation", "false"])
+    assert (args.sam_adaptive, args.sam_sync_perturbation, args.sam_exact_accumulation) == (True, True, False)
+    assert args.sam_config.rho == 0.5  # ASAM's ρ (Kwon et al. 2021), the default once adaptive is on
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--optim", "adasam"])
+    assert args.sam_adaptive is None and args.sam_config.adaptive is False and args.sam_config.rho == 0.05
+
+
+@pytest.mark.slow
+def test_torchrun_without_use_cpu_is_refused_while_parsing_before_the_model_loads(script, tmp_path) -> None:
+    from .test_distributed import _free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "hf_adasam", str(script),
+                           "--output_dir", str(tmp_path / "out"), "--optim", "adasam", "--max_steps", "1",
+                           "--report_to", "none"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path / "elsewhere", env=env)
+    assert proc.returncode != 0 and "MODEL LOADING" not in proc.stdout, proc.stdout[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == ["error: WORLD_SIZE=2 but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
+                      "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."], proc.stderr
+    assert "exitcode  : 2" in proc.stderr  # torchrun's report: each rank exited with argparse's status
+
+
+USER_MIXIN = """
+import os
+import sys
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from hf_adasam import SAMTrainerMixin
+from helper_data import Data, tiny_model
+
+
+class MyTrainer(SAMTrainerMixin, Trainer):  # under the launcher, Trainer already is SAM-aware
+    pass
+
+
+def order(cls):
+    names = [c.__name__ for c in cls.__mro__]
+    return f"{names.count('SAMTrainerMixin')}@{names.index('SAMTrainerMixin')}"
+
+
+(args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
+model, forwards = tiny_model(), []
+model.register_forward_hook(lambda *_: forwards.append(1))
+trainer = MyTrainer(model=model, args=args, train_dataset=Data())
+trainer.train()
+print("TRAINER", order(MyTrainer), len(forwards), trainer.sam.stats.total_second_passes, flush=True)
+try:
+    from trl import DPOConfig, DPOTrainer
+except ImportError:
+    raise SystemExit(0)
+from datasets import Dataset
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+
+class MyDPO(SAMTrainerMixin, DPOTrainer):
+    pass
+
+
+tok = AutoTokenizer.from_pretrained(os.environ["T5_TOKENIZER"])
+torch.manual_seed(0)
+LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)).save_pretrained(args.output_dir + "-lm")
+policy = LlamaForCausalLM.from_pretrained(args.output_dir + "-lm")  # DPO builds its reference from this path
+pairs = Dataset.from_dict({"prompt": [f"count {i}" for i in range(8)], "chosen": [f"{i + 1}" for i in range(8)],
+                           "rejected": [f"{i - 1}" for i in range(8)]})
+cfg = DPOConfig(args.output_dir + "-dpo", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3,
+                optim="adasam", use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, max_length=16,
+                bf16=False)
+dpo = MyDPO(policy, None, cfg, train_dataset=pairs, processing_class=tok)
+loss = dpo.train().training_loss
+print("DPO", order(MyDPO), dpo.sam.stats.total_second_passes, loss == loss, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_launcher_composes_with_a_scripts_own_mixin_class(script, tmp_path) -> None:
+    path = script.parent / "own_mixin.py"
+    path.write_text(USER_MIXIN)
+    proc = _run(["-m", "hf_adasam", str(path), "--output_dir", str(tmp_path / "out"), "--optim", "adasam",
+                 "--max_steps", "2", "--per_device_train_batch_size", "8", "--use_cpu", "--report_to", "none",
+                 "--save_strategy", "no", "--disable_tqdm", "true"], tmp_path / "elsewhere",
+                T5_TOKENIZER=str(ROOT.parent / "shared" / "data" / "models" / "t5-small-tokenizer"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {ln.split()[0]: ln.split()[1:] for ln in proc.stdout.splitlines() if ln.startswith(("TRAINER", "DPO"))}
+    # the mixin once, right after the script's class; 2 steps x 2 passes = 4 forwards (SAM nested twice: 8)
+    assert lines["TRAINER"] == ["1@1", "4", "2"], proc.stdout[-2000:]
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return
+    assert lines["DPO"] == ["1@1", "2", "True"], proc.stdout[-2000:]
+
+
+def test_script_run_without_the_launcher_gets_a_two_line_hint(script, tmp_path) -> None:
+    out = str(tmp_path / "out")
+    proc = _run([str(script), "--output_dir", out, "--optim", "adasam", "--learning_rate", "2e-5"], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "MODEL LOADING" not in proc.stdout, proc.stderr[-2000:]
+    assert lines == [  # not argparse's 100+ lines of usage; if so: is hf_adasam_hint.pth installed (pip install -e .)?
+        "train.py: error: --optim adasam is an hf-adasam optimizer, which Transformers' TrainingArguments do not know.",
+        "hint: run the script through hf-adasam's launcher, which adds the names and the SAM step: "
+        f"python -m hf_adasam {script} --output_dir {out} --optim adasam --learning_rate 2e-5"], proc.stderr[-3000:]
+    # Transformers' own names and other mistakes keep argparse's report
+    import _hf_adasam_hint
+
+    assert _hf_adasam_hint.hint("argument --optim: invalid choice: 'adamw_torchh' (choose from ...)", []) is None
+    assert _hf_adasam_hint.hint("the following arguments are required: --output_dir", []) is None
+
+
+def test_a_class_naming_the_mixin_before_sam_trainer_orders_it_as_without_the_launcher() -> None:
+    from hf_adasam import SAMTrainer, SAMTrainerMixin
+
+    class Mine(SAMTrainerMixin, SAMTrainer):  # what `class Mine(SAMTrainerMixin, Trainer)` is under the launcher
+        pass
+
+    line = SAMTrainerMixin.__mro__[:-1]  # the mixin and what it builds on (object aside)
+    # as `class Mine(SAMTrainerMixin, Trainer)` without the launcher: the mixin's line first, once, then the Trainers
+    assert Mine.__mro__ == (Mine, *line, SAMTrainer, *(c for c in SAMTrainer.__mro__[1:] if c not in line))

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._logging import HfAdasamWarning
 from ..optim_args import convert, format_value, split_pairs
 
 __all__ = ["DEFAULT_RHO", "POLICIES", "SAMConfig", "knob_table"]
@@ -172,7 +173,7 @@ class SAMConfig:
             cfg = dataclasses.replace(cfg, rho=DEFAULT_RHO[cfg.adaptive] if sam_asked else 0.0)
         if warn:
             for message in cfg.ineffective(given, optim=optim):
-                warnings.warn(message, UserWarning, stacklevel=3)
+                warnings.warn(message, HfAdasamWarning, stacklevel=3)
         return cfg
 
     def ineffective(self, given: Mapping[str, Any], *, optim: str | None = None) -> list[str]:

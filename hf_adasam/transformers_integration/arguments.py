@@ -4,12 +4,14 @@ The fields, their help and the ``optim_args`` help are generated from :class:`SA
 arguments are checked and the SAM settings resolved once, when the dataclass is built (so a bad
 ``--optim_args "rho=abc"`` fails while the command line is parsed, before any data or model loads).
 The result is ``args.sam_config``. :func:`resolve_sam_config` does the same for a plain
-``TrainingArguments``.
+``TrainingArguments``. What fails there is a :class:`SAMArgumentError` (a ``ValueError``) of one line, which
+``python -m hf_adasam`` and the recipes print as ``error: ...`` with exit status 2, as argparse does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
@@ -18,10 +20,30 @@ from ..optim_args import format_value, split_pairs
 from ..registry import OPTIMIZERS, parse_optim_args
 from ..sharpness.config import SAMConfig
 
-__all__ = ["SAMArgumentsMixin", "SAMSeq2SeqTrainingArguments", "SAMTrainingArguments", "optim_name",
-           "resolve_sam_config", "without_sam_keys"]
+__all__ = ["SAMArgumentError", "SAMArgumentsMixin", "SAMSeq2SeqTrainingArguments", "SAMTrainingArguments",
+           "optim_name", "refuse_lone_rank", "resolve_sam_config", "without_sam_keys"]
 
 _PYTHON_TYPE = {bool: bool, int: int, float: float, str: str}
+# argparse %-formats each help string with the action's fields: "%(default).0s" renders as nothing, and its presence
+# stops ArgumentDefaultsHelpFormatter (HfArgumentParser's) from appending "(default: None)" to a sam_* flag, whose
+# None means "not given" (optim_args' value or SAMConfig's default applies); the help states the real default
+_NO_ARGPARSE_DEFAULT = "%(default).0s"
+
+
+class SAMArgumentError(ValueError):
+    """A bad ``optim_args``/``sam_*`` value, or a set-up refused while the arguments are built: one line, printed
+    as ``error: ...`` with exit status 2 by ``python -m hf_adasam`` and the recipes."""
+
+
+def refuse_lone_rank(args: Any) -> None:
+    """Refuse a launch of several processes (``WORLD_SIZE`` > 1) in which ``args`` see one process: on CPU, torchrun
+    without ``--use_cpu``, where every rank would train the whole job alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.world_size == 1:
+        raise SAMArgumentError(
+            f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
+            "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
+        )
 
 
 def optim_name(args: Any) -> str:
@@ -56,9 +78,12 @@ def _sam_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     out = []
     for f in SAMConfig.knobs():
         help_text = (f"{f.metadata['help']} Allowed: {f.metadata['allowed']}. Default: "
-                     f"{SAMConfig.default_text(f.name)}. Also optim_args key {f.name}.")
+                     f"{SAMConfig.default_text(f.name)}. Also optim_args key {f.name}.{_NO_ARGPARSE_DEFAULT}")
+        metadata: dict[str, Any] = {"help": help_text}
+        if isinstance(f.metadata["like"], bool):  # HfArgumentParser: --sam_adaptive alone means true
+            metadata.update(nargs="?", const=True)
         out.append((f"sam_{f.name}", _field_type(f.metadata["like"]), dataclasses.field(default=None,
-                                                                                        metadata={"help": help_text})))
+                                                                                        metadata=metadata)))
     return out
 
 
@@ -85,9 +110,16 @@ class SAMArgumentsMixin(_SAMFields):
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
         name = optim_name(self)
-        if name in OPTIMIZERS:
-            parse_optim_args(name, self.optim_args)  # the optimizer's own keys: known, and of the right type
-        self.sam_config: SAMConfig = resolve_sam_config(self)
+        try:
+            if name in OPTIMIZERS:
+                parse_optim_args(name, self.optim_args)  # the optimizer's own keys: known, and of the right type
+            self.sam_config: SAMConfig = resolve_sam_config(self)
+        except SAMArgumentError:
+            raise
+        except ValueError as err:
+            raise SAMArgumentError(str(err)) from None
+        if self.sam_config.on:
+            refuse_lone_rank(self)  # before the script loads data or a model
 
     def sam_settings(self) -> dict[str, Any]:
         """The resolved SAM settings as a dict (``rho == 0`` means off)."""

@@ -75,8 +75,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: no script {script!r}; usage: python -m hf_adasam path/to/script.py [arguments]", file=sys.stderr)
         sys.exit(2)
     patch_transformers()
+    from .arguments import SAMArgumentError
+
     sys.argv = [script, *rest]
     # as `python script.py`: the script's own folder (symlinks resolved) first on sys.path, in the place of the
     # launcher's working directory; __file__ the path joined to the working directory, not normalised
     sys.path[0] = os.path.dirname(os.path.realpath(script))
-    runpy.run_path(script if os.path.isabs(script) else os.path.join(os.getcwd(), script), run_name="__main__")
+    try:
+        runpy.run_path(script if os.path.isabs(script) else os.path.join(os.getcwd(), script), run_name="__main__")
+    except SAMArgumentError as err:  # a bad --optim_args/--sam_* value: one line and status 2, as argparse does
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses the same arguments
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -26,12 +26,15 @@ import copy
 import functools
 import inspect
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from .._logging import logger  # shows the start-up line under Transformers' default verbosity
@@ -43,6 +46,7 @@ from .arguments import (
     SAMSeq2SeqTrainingArguments,
     SAMTrainingArguments,
     optim_name,
+    refuse_lone_rank,
     resolve_sam_config,
     without_sam_keys,
 )
@@ -86,12 +90,7 @@ def _refuse_unsupported(args: TrainingArguments, *, fsdp_plugin: Any = None, dee
             "parameter gradient between passes, so the perturbation would be wrong or silently absent). Use FSDP2: "
             "fsdp_config={'version': 2} (Transformers' default; Accelerate: fsdp_version: 2), or DDP, or one device."
         )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and args.world_size == 1:
-        raise ValueError(
-            f"WORLD_SIZE={world} but TrainingArguments sees one process: on CPU, torchrun needs --use_cpu "
-            "(TrainingArguments(use_cpu=True)), or every rank trains the whole job alone."
-        )
+    refuse_lone_rank(args)  # SAMTrainingArguments refused it already while parsing; plain TrainingArguments here
 
 
 @contextlib.contextmanager
@@ -126,6 +125,36 @@ class _SAMStateCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(folder):
             torch.save(sam.state_dict(), os.path.join(folder, SAM_STATE_NAME.format(rank=args.process_index)))
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """The training time of a run, summed over resumes: each checkpoint's ``trainer_state.json`` records the time
+    trained so far (Transformers saves an ``ExportableState`` callback's ``state()`` there), and a run resumed from
+    it adds its own time to that. The model card reports :meth:`total_seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds_before = 0.0  # trained before this run (restored from the checkpoint resumed from)
+        self.runs = 1  # this run and those it continues
+        self.started: float | None = None  # this run's start (time.time()); None: not training now
+        self.seconds_this_run = 0.0  # this run's time once it has ended
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"seconds_before": self.total_seconds(), "runs": self.runs}}
+
+    def total_seconds(self) -> float:
+        now = time.time() - self.started if self.started is not None else self.seconds_this_run
+        return self.seconds_before + now
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__) if state.global_step > 0 else None
+        attributes = (saved[-1] if isinstance(saved, list) else saved or {}).get("attributes", {})
+        self.seconds_before = float(attributes.get("seconds_before", 0.0))  # 0 for a run that is not resumed
+        self.runs = int(attributes.get("runs", 0)) + 1
+        self.started, self.seconds_this_run = time.time(), 0.0
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.started is not None:
+            self.seconds_this_run, self.started = time.time() - self.started, None
 
 
 _LEAVES = (int, float, complex, bool, str, bytes, type(None))
@@ -246,6 +275,7 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
                                "runs as under DDP (parameters not sharded)", self.args.fsdp,
                                self.accelerator.distributed_type)
         self.add_callback(_SAMStateCallback(self))
+        self.add_callback(TrainingClock())
 
     def _sam_preflight(self, args: TrainingArguments, config: SAMConfig, optimizer: Any) -> None:
         """The checks that need only the arguments: refused set-ups, unknown optim_args keys, an optimizer instance
@@ -400,21 +430,89 @@ class SAMTrainerMixin(_internals.PassTwoInputs):
             logs = {**logs, **self.sam.stats.pop_logs()}
         super().log(logs, *args, **kwargs)
 
+    @property
+    def training_clock(self) -> TrainingClock | None:
+        """The callback that times training across resumes (Transformers may replace it when it restores callbacks)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingClock)), None)
+
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """Transformers' card plus the optimizer/SAM section and metadata (what ``push_to_hub`` uploads); with
-        ``self.card_info`` set (the recipes), the whole card from hf-adasam's template."""
+        """Transformers' (or TRL's) card plus the optimizer/SAM section and metadata (what ``push_to_hub`` uploads);
+        with ``self.card_info`` set (the recipes), the whole card from hf-adasam's template. The tags,
+        ``library_name`` and other metadata of the card that was there (e.g. PEFT's, from ``save_model``) are kept."""
+        path = os.path.join(self.args.output_dir, "README.md")
+        prior = _load_card(path) if self.is_world_process_zero() else None
         if self.card_info is None:
             super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
             from .card import write_card
 
-            write_card(os.path.join(self.args.output_dir, "README.md"), self, self.card_info, **kwargs)
+            write_card(path, self, self.card_info, prior=prior, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; when the user saves (not a checkpoint), the folder also gets the model card,
+        whatever ``save_strategy`` says (checkpoints and ``push_to_hub`` write their own)."""
+        super().save_model(output_dir, _internal_call)
+        if _internal_call or not self.is_world_process_zero():
+            return
+        folder = output_dir or self.args.output_dir
+        if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
+            self.create_model_card(model_name=Path(folder).name)
+        else:  # Transformers' card goes to args.output_dir only: ours alone, around what save_pretrained wrote
+            from .card import write_card
+
+            path = os.path.join(folder, "README.md")
+            write_card(path, self, self.card_info, prior=_load_card(path))
 
 
-class SAMTrainer(SAMTrainerMixin, Trainer):
+def _load_card(path: str) -> Any:
+    if not os.path.isfile(path):
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path)
+
+
+class _MixinOnce(type):
+    """The metaclass of ``SAMTrainer`` and ``SAMSeq2SeqTrainer``: a subclass that names ``SAMTrainerMixin`` in its
+    bases again gets the mixin once, at the place it names it.
+
+    Under ``python -m hf_adasam``, ``transformers.Trainer`` is ``SAMTrainer`` (and TRL's trainers derive from it), so
+    a script's ``class X(SAMTrainerMixin, Trainer)`` or ``class X(SAMTrainerMixin, DPOTrainer)`` puts the mixin
+    before a base that already has it after itself, and Python finds no method order ("Cannot create a consistent
+    method resolution order"). For such a class the order is C3's over the bases with the mixin (and its own bases)
+    left out of the other bases' orders: ``X, SAMTrainerMixin, ..., DPOTrainer, ..., SAMTrainer, Trainer, ...``, as
+    without the launcher; SAM runs once, from where the script put the mixin (``SAMTrainer`` adds nothing to the
+    mixin). Other classes keep Python's order.
+    """
+
+    def mro(cls) -> list[type]:
+        try:
+            return super().mro()
+        except TypeError:
+            mixins = [b for b in cls.__bases__ if issubclass(b, SAMTrainerMixin) and not issubclass(b, Trainer)]
+            if not mixins:
+                raise
+        named = {c for m in mixins for c in m.__mro__} - {object}
+        orders = [list(b.__mro__) if b in mixins else [c for c in b.__mro__ if c not in named] for b in cls.__bases__]
+        return [cls, *_c3_merge([*orders, list(cls.__bases__)])]
+
+
+def _c3_merge(orders: list[list[type]]) -> list[type]:
+    out: list[type] = []
+    orders = [o for o in orders if o]
+    while orders:
+        head = next((o[0] for o in orders if not any(o[0] in rest[1:] for rest in orders)), None)
+        if head is None:
+            raise TypeError(f"no consistent method order for the bases {[o[0].__name__ for o in orders]}")
+        out.append(head)
+        orders = [r for r in ((o[1:] if o[0] is head else o) for o in orders) if r]
+    return out
+
+
+class SAMTrainer(SAMTrainerMixin, Trainer, metaclass=_MixinOnce):
     """``transformers.Trainer`` with the sharpness-aware step (see :class:`SAMTrainerMixin`)."""
 
 
-class SAMSeq2SeqTrainer(SAMTrainerMixin, Seq2SeqTrainer):
+class SAMSeq2SeqTrainer(SAMTrainerMixin, Seq2SeqTrainer, metaclass=_MixinOnce):
     """``transformers.Seq2SeqTrainer`` with the sharpness-aware step."""
 

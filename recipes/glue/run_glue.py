@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             eval_dataset=encoded[task.eval_splits[0]], processing_class=tokenizer, data_collator=collator,
             compute_metrics=make_compute_metrics(data_args.task_name),
         )
-        runtime = train_and_save(trainer)
+        train_and_save(trainer)
         metrics: dict[str, float] = {}
         if training_args.do_eval:
             for split in task.eval_splits:
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     dataset_config=data_args.task_name, dataset_split="validation",
                     data_source=(f"GLUE {task.folder} TSVs from {data_args.data_dir}" if data_args.data_dir
                                  else "the Hub's nyu-mll/glue") + f" ({len(splits.get('train', []))} training rows)",
-                    metrics={k: float(v) for k, v in headline.items()}, train_runtime_s=runtime,
+                    metrics={k: float(v) for k, v in headline.items()},
                     command="python recipes/glue/run_glue.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                 ), trainer)
         push_with_card(trainer)

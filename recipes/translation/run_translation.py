@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8),
             compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         )
-        runtime = train_and_save(trainer)
+        train_and_save(trainer)
         metrics: dict[str, float] = {}
         if training_args.do_eval:
             metrics = trainer.evaluate(max_length=gen_len, num_beams=data_args.num_beams, metric_key_prefix="eval")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     data_source=(f"{data_args.train_file} / {data_args.validation_file}" if data_args.train_file
                                  else f"the Hub's {data_args.dataset_name} {data_args.dataset_config_name}")
                     + f" ({len(splits.get('train', []))} training pairs)",
-                    metrics=headline, train_runtime_s=runtime,
+                    metrics=headline,
                     command="python recipes/translation/run_translation.py "
                     + shlex.join(sys.argv[1:] if argv is None else argv),
                 ), trainer)
