@@ -33,6 +33,8 @@ from torch import Tensor
 
 from .._logging import logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
+from . import _arena
+from ._arena import PerTensor
 
 Impl = Literal["compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
@@ -119,13 +121,7 @@ def compile_supported() -> bool:
     return True
 
 
-# tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it:
-# on a 2-core CPU ~2 s a cold first step per 2 more) and each call costs ~180 us of dynamo/AOT/inductor wrappers,
-# so a model of n tensors pays n / GROUP of them (MiniLM, 103 tensors: 52 calls, ~9 ms a step at 2:
-# benchmarks/results/profile_step_22m.md). 2 keeps every optimizer's cold first step under 10 s
-# (benchmarks/results/first_step.md)
-GROUP = 2
-# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a tensor)
+# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a row)
 # is more C++ to compile per loop (~0.8 s of a cold first step), for a handful of elements
 _INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
 
@@ -134,9 +130,9 @@ _INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
 def compiled(fn: Callable[..., None], inductor: tuple[tuple[str, Any], ...] = ()) -> Callable[..., None]:
     """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
 
-    The graph takes ``GROUP`` 1-D tensors per list, each of its own symbolic length, so one compilation serves
-    every model: the step calls it on groups of the flattened parameters (:func:`_run_compiled`). ``inductor``:
-    the kernel's own inductor settings, (name, value) pairs, in force whenever it compiles.
+    ``fn`` is a kernel's arena graph (:mod:`._arena`): every size in it is symbolic, so one compilation serves
+    every model. ``inductor``: the kernel's own inductor settings, (name, value) pairs, in force whenever it
+    compiles.
     """
     # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
     # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
@@ -152,38 +148,60 @@ def run_kernel(
     hyper: dict[str, Any],
     *,
     shared: int = 0,
-    sums: bool = False,
+    stores: tuple[tuple[int, str], ...] = (),
     inductor: tuple[tuple[str, Any], ...] = (),
+    sums: bool = False,
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
     ``tensors`` are per-parameter lists (params, grads, state buffers), then ``shared`` lists whose tensors
     every parameter's update shares (Adai's running sum). A list-valued hyperparameter holds one tensor per
-    parameter (whole-tensor statistics given under FSDP2). ``sums``: the kernel sums over a whole tensor.
-    ``inductor``: the compiled kernel's own inductor settings, (name, value) pairs.
+    parameter (a state buffer passed by name, or a one-element per-tensor statistic); a :class:`PerTensor`
+    one number per parameter. ``inductor``: the compiled kernel's own inductor settings, (name, value) pairs.
 
-    ``"compiled"`` compiles the *single-tensor* kernel once, with dynamic shapes, and applies it to groups of
-    ``GROUP`` parameters viewed as 1-D tensors (:func:`_run_compiled`); inductor fuses each tensor's chain of
-    element-wise ops into one loop. So a single-tensor kernel must be element-wise apart from reductions over a
-    whole tensor, accept floats or 0-d tensors alike for its scalars, and must not branch on them. A kernel
-    that cannot be compiled (dynamo or inductor raise while tracing, before anything ran) falls back to the
-    foreach kernel, which computes the same update, with a warning that says why.
+    ``"compiled"`` runs the *single-tensor* kernel's math in one compiled call over all the tensors
+    (:mod:`._arena`): the kernel sees two blocks per list, every tensor's rows of ``C`` elements and the tail
+    elements, and inductor fuses the chain of element-wise ops into one loop over them. So a single-tensor
+    kernel must be element-wise (a sum over a whole block is a sum over all of its tensors), accept floats or
+    0-d tensors alike for its scalars, broadcast a per-tensor value given as a ``[rows, 1]`` block, and not
+    branch on tensor values. ``stores`` (compiled only): (list, hyperparameter) pairs, a per-tensor scalar list
+    set from a :class:`PerTensor` after the kernel; ``multi`` must then do the same. Parameters whose tensors the
+    arena cannot take (not contiguous somewhere, empty) take the foreach kernel, which computes the same update;
+    so does a kernel that cannot be compiled (dynamo or inductor raise before anything ran), with a warning that
+    says why.
     """
     if impl == "single":
-        single(*tensors, **hyper)
-    elif impl == "foreach" or single in _COMPILE_FAILED:
-        multi(*tensors, **hyper)
+        single(*tensors, **_unpacked(hyper))
+    elif impl == "foreach" or single in _COMPILE_FAILED or sums:  # (sums: per-tensor reductions, not yet arena)
+        multi(*tensors, **_unpacked(hyper))
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2, inductor)
+        _run_compiled(single, multi, tensors, hyper, shared, stores, inductor)
+
+
+def _unpacked(hyper: dict[str, Any]) -> dict[str, Any]:
+    """``hyper`` as the single-tensor and foreach kernels take it: a :class:`PerTensor` as a list of 0-d tensors."""
+    if not any(isinstance(v, PerTensor) for v in hyper.values()):
+        return hyper
+    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyper.items()}
 
 
 def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
                 idx: list[int]) -> None:
     """The foreach kernel on the parameters ``idx`` (their per-parameter lists; shared lists whole)."""
-    if idx:
-        cut = len(tensors) - shared
-        multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
-              **{k: [v[i] for i in idx] if isinstance(v, list) else v for k, v in hyper.items()})
+    if not idx:
+        return
+    cut = len(tensors) - shared
+    if len(idx) == len(tensors[0]):
+        multi(*tensors, **_unpacked(hyper))
+        return
+
+    def pick(v: Any) -> Any:
+        if isinstance(v, list):
+            return [v[i] for i in idx]
+        return PerTensor(v.values[idx]) if isinstance(v, PerTensor) else v
+
+    multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
+          **_unpacked({k: pick(v) for k, v in hyper.items()}))
 
 
 def _compile_failed(single: Callable[..., None], err: Exception) -> None:
@@ -198,15 +216,14 @@ def _compile_failed(single: Callable[..., None], err: Exception) -> None:
     )
 
 
-# A float32 sum compiled by inductor's C++ backend is blocked (chunks of 4096, for accuracy) only when the
-# length exceeds 4096, and the graph is specialised on that: a kernel that sums over a tensor compiles for
-# longer tensors only; shorter ones (biases, norms: a few percent of a model's elements) take its foreach twin
-SUM_MIN_LENGTH = 4097
-# the length of every tensor of the call that compiles a kernel: its size hints decide inductor's loop
-# parallelisation, which must suit the large tensors
-_TRACE_LENGTH = 1 << 16
-# (kernel, device, dtypes, knobs) signatures compiled in this process
+# (kernel graph, device, dtypes, knobs) signatures compiled in this process, and which lists each one writes
 _TRACED: set[tuple[Any, ...]] = set()
+_WRITTEN: dict[tuple[Any, ...], tuple[bool, ...]] = {}
+# why lists could not be arenas, said once each
+_NOT_ARENA_SAID: set[str] = set()
+# the synthetic bucket a kernel's graph is compiled on: inductor decides from these sizes which loops run in
+# parallel, so they are those of a large bucket (rows of 1024; tails of a few elements)
+_TRACE_NUMELS = (256 * 1024, 64 * 1024 + 5, 3)
 
 
 def _run_compiled(
@@ -215,56 +232,120 @@ def _run_compiled(
     tensors: Sequence[list[Tensor]],
     hyper: dict[str, Any],
     shared: int,
-    min_length: int,
+    stores: tuple[tuple[int, str], ...],
     inductor: tuple[tuple[str, Any], ...],
 ) -> None:
-    """The compiled single-tensor kernel over groups of ``GROUP`` parameters, each seen as a 1-D tensor.
+    """The single-tensor kernel in one compiled call over every parameter of the bucket (:mod:`._arena`).
 
     - Float hyperparameters go in as 0-d float64 tensors: a Python float would be baked into the graph, and a
       scheduled lr would recompile every step.
-    - Each tensor enters as a 1-D alias of its memory (:func:`_flat`), a parameter and its state sharing one
-      symbolic length; a one-element tensor (AdaShift's per-tensor v) is a length-1 alias (1-element, also
-      because torch 2.13's inductor drops in-place writes to a 0-d float64 CPU input).
-    - The graph is compiled by a first call on zero tensors of one large length (:data:`_TRACE_LENGTH`), not
-      on the model's first group: the sizes seen when compiling decide which loops run in parallel.
-    - The last group is padded with zero tensors of ``min_length`` (lengths 0 and 1 would be specialised).
-    - Parameters the aliases cannot cover (memory not contiguous in some list, fewer than ``min_length``
-      elements) take the foreach kernel: the same update.
+    - A shared tensor (Adai's sum) enters as a one-element alias (torch 2.13's inductor drops in-place writes to
+      a 0-d float64 CPU input).
+    - The graph is compiled by a first call on a synthetic bucket (:data:`_TRACE_NUMELS`), not on the model's:
+      the sizes seen when compiling decide which loops run in parallel.
+    - Parameters the arena cannot take (empty, or not contiguous in some list) take the foreach kernel.
     """
+    why = _arena.available()
+    if why is not None:
+        _compile_failed(single, RuntimeError(why))
+        multi(*tensors, **_unpacked(hyper))
+        return
     n = len(tensors[0])
-    per, common = tensors[: len(tensors) - shared], tensors[len(tensors) - shared :]
-    listed = {k for k, v in hyper.items() if isinstance(v, list)}
-    fits = [i for i in range(n) if tensors[0][i].numel() >= min_length and all(ts[i].is_contiguous() for ts in per)]
-    rest = sorted(set(range(n)) - set(fits))
-    scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
-    flat_common = [[_flat(t) for t in ts] for ts in common]
-    fn = compiled(single, inductor)
-    done = 0  # parameters of ``fits`` updated so far: after a failed compilation, foreach takes the others
-    try:
-        signature = (single, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
-                     *((k, None if v is None else type(v)) for k, v in scalars.items()))
-        if fits and signature not in _TRACED:
-            if single not in _ANNOUNCED:
-                _announce_compile(single, tensors[0])
-            templates = [_flat(ts[fits[0]]) for ts in per]
-            with _compile_settings(tensors[0][0].device):
-                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(GROUP)] for t in templates],
-                   *[[torch.zeros_like(t) for t in ts] for ts in flat_common],
-                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(GROUP)] if k in listed else v
-                      for k, v in scalars.items()})
-            _TRACED.add(signature)
-        for start in range(0, len(fits), GROUP):
-            idx = fits[start : start + GROUP]
-            pad = GROUP - len(idx)
-            lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
-            args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
-                    for k, v in scalars.items()}
-            fn(*lists, *flat_common, **args)
-            done += len(idx)
-    except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
-        _compile_failed(single, err)
-        rest = sorted(rest + fits[done:])
+    cut = len(tensors) - shared
+    named = [k for k, v in hyper.items() if isinstance(v, list)]
+    lists = [*tensors[:cut], *(hyper[k] for k in named)]
+    names = (*[None] * cut, *named)
+    numels = [p.numel() for p in tensors[0]]
+    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)]
+    rest = [i for i in range(n) if i not in set(fits)] if len(fits) < n else []
+    if fits:
+        if len(fits) < n:
+            lists = [[ts[i] for i in fits] for ts in lists]
+            numels = [numels[i] for i in fits]
+        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
+                   if isinstance(v, PerTensor)}
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()
+                   if not isinstance(v, (list, PerTensor))}
+        try:
+            _arena_call(single, lists, names, numels, tensors[cut:], vectors, scalars, hyper, stores, inductor)
+        except _arena.NotArena as err:
+            if str(err) not in _NOT_ARENA_SAID:
+                _NOT_ARENA_SAID.add(str(err))
+                warnings.warn(f"hf-adasam: {single.__name__} runs its foreach kernel on a bucket with {err} (the "
+                              "compiled kernel updates every tensor in place at once)", RuntimeWarning, stacklevel=5)
+            rest = list(range(n))
+        except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
+            _compile_failed(single, err)
+            rest = list(range(n))
     _foreach_on(multi, tensors, hyper, shared, rest)
+
+
+def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
+                numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
+                scalars: dict[str, Any], hyper: dict[str, Any], stores: tuple[tuple[int, str], ...],
+                inductor: tuple[tuple[str, Any], ...]) -> None:
+    device = lists[0][0].device
+    kinds = []
+    for ts in lists:
+        if all(t.numel() == m for t, m in zip(ts, numels, strict=True)):
+            kinds.append(_arena.ELEM)
+        elif all(t.numel() == 1 for t in ts):
+            kinds.append(_arena.SCALAR)
+        else:
+            raise _arena.NotArena("a per-parameter list whose tensors are neither the parameters' size nor one element")
+    kinds = tuple(kinds)
+    dtypes = tuple(ts[0].dtype for ts in lists)
+    shared_dtypes = tuple(t.dtype for ts in common for t in ts)
+    sig = (single, device, kinds, names, dtypes, shared_dtypes, stores, tuple(vectors),
+           tuple((k, v.dtype) for k, v in vectors.items()),
+           tuple((k, type(v), None if isinstance(v, Tensor) else v) for k, v in scalars.items()
+                 if not isinstance(v, Tensor) or v.dim() != 0 or v.dtype != torch.float64))
+    written = _WRITTEN.get(sig)
+    if written is None:
+        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyper, device)
+    if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
+        raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
+                           "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
+    graph = _arena.elementwise_graph(single, kinds, names, written, stores, len(common))
+    fn = compiled(graph, inductor)
+    to_write = tuple(w or any(i == s for s, _ in stores) for i, w in enumerate(written))
+    shared_flat = [[_flat(t) for t in ts] for ts in common]
+    if sig not in _TRACED:
+        if single not in _ANNOUNCED:
+            _announce_compile(single, lists[0])
+        # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
+        trace = [[torch.zeros(m if k == _arena.ELEM else 1, dtype=d, device=device) for m in _TRACE_NUMELS]
+                 for k, d in zip(kinds, dtypes, strict=True)]
+        lay = _arena.layout(_TRACE_NUMELS, device)
+        ar = _arena.arenas(trace, to_write, lay.C, device)
+        with _compile_settings(device):
+            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+               [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
+               {k: torch.zeros(len(_TRACE_NUMELS), dtype=v.dtype, device=device) for k, v in vectors.items()},
+               scalars)
+        _TRACED.add(sig)
+    lay = _arena.layout(tuple(numels), device)
+    ar = _arena.arenas(lists, to_write, lay.C, device)
+    fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared_flat,
+       vectors, scalars)
+
+
+def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Sequence[str | None],
+                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyper: dict[str, Any],
+                   device: torch.device) -> tuple[bool, ...]:
+    """Which of the lists ``single`` writes: it runs once, eagerly, on one dummy parameter of two elements, and
+    a list was written if its tensor's version counter moved (kernels branch on knobs, never on tensor values)."""
+    dummies = [torch.zeros(2 if k == _arena.ELEM else 1, dtype=d, device=device)
+               for k, d in zip(kinds, dtypes, strict=True)]
+    versions = [t._version for t in dummies]
+    args = {k: [torch.zeros((), dtype=v.values.dtype, device=device)] if isinstance(v, PerTensor) else v
+            for k, v in hyper.items()}
+    args.update({n: [t] for t, n in zip(dummies, names, strict=True) if n is not None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single(*[[t] for t, n in zip(dummies, names, strict=True) if n is None],
+               *[[torch.zeros(1, dtype=d, device=device)] for d in shared_dtypes], **args)
+    return tuple(t._version != v for t, v in zip(dummies, versions, strict=True))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -277,22 +358,14 @@ def _flat(t: Tensor) -> Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-def _zeros(like: Tensor, length: int) -> Tensor:
-    """Zeros standing in for ``like`` (1-D): ``length`` of them, or one where ``like`` is one element."""
-    return torch.zeros(1 if like.numel() == 1 else length, dtype=like.dtype, device=like.device)
-
-
-def _padded(ts: list[Tensor], pad: int, length: int) -> list[Tensor]:
-    return ts + [_zeros(ts[0], length) for _ in range(pad)]
-
-
 @contextlib.contextmanager
 def _compile_settings(device: torch.device) -> Iterator[None]:
     """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
     later recompilation, after a guard fails, compiles without them: only slower, not different).
 
-    - No duck sizing: two parameters of a group that happen to share a length must not share a symbol, or
-      the graph would be specialised to that coincidence and compile again for the next group.
+    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
+      sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
+      row, runs the same graph.
     - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
       it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core machine
       before our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a
@@ -306,7 +379,8 @@ def _compile_settings(device: torch.device) -> Iterator[None]:
 
     probe = cpu_vec_isa.valid_vec_isa_list
     skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
-    with fx_config.patch(use_duck_shape=False), inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
+    with fx_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
+            inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
         try:
             yield
         finally:
