@@ -222,16 +222,16 @@ def per_tensor(values: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
 
 @functools.cache
 def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names: tuple[str | None, ...],
-                      written: tuple[bool, ...], stores: tuple[tuple[int, str], ...], nshared: int
-                      ) -> Callable[..., None]:
+                      written: tuple[bool, ...]) -> Callable[..., None]:
     """The graph of an element-wise kernel: gather every list's blocks, run ``single`` on the two blocks (rows,
-    tail) as if they were two tensors, scatter the written lists back.
+    tail) as if they were two tensors, scatter the written lists back, then store per-tensor values.
 
-    ``names``: per list, ``None`` for a positional list or the hyperparameter it is passed as; ``stores``: (list,
-    hyperparameter) pairs, a per-tensor scalar list set from a :class:`PerTensor` input after the kernel."""
+    ``names``: per list, ``None`` for a positional list or the hyperparameter it is passed as. Stores: per-tensor
+    scalar lists (write views and offsets) set from ``[N]`` inputs; the kernel never reads them."""
 
     def graph(reads: list[Tensor], writes: list[Tensor | None], offsets: Tensor, lay: Lay, shared: list[list[Tensor]],
-              vectors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
+              vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor], store_offsets: Tensor,
+              store_values: list[Tensor]) -> None:
         blocks = [list(gather(a, k, offsets[i], lay)) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
         hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
@@ -240,9 +240,43 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
         for i, w in enumerate(writes):
             if w is not None and written[i]:
                 scatter(w, offsets[i], lay, *blocks[i])
-        for i, name in stores:
-            at = offsets[i]
-            writes[i].index_put_((at, torch.zeros_like(at)), vectors[name].to(writes[i].dtype))
+        for i, (w, v) in enumerate(zip(store_to, store_values, strict=True)):
+            at = store_offsets[i]
+            w.index_put_((at, torch.zeros_like(at)), v.to(w.dtype))
 
     graph.__name__ = graph.__qualname__ = f"arena_{single.__name__}"
     return graph
+
+
+def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The graph of a per-tensor reduction ``fn(blocks, lay, numels, **scalars) -> [N] tensors``: it only reads
+    (``blocks``: per list, its rows and tail blocks; ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
+
+    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, lay: Lay, numels: Tensor,
+              scalars: dict[str, Any]) -> Any:
+        blocks = [gather(a, k, offsets[i], lay) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
+        return fn(blocks, lay, numels, **scalars)
+
+    graph.__name__ = graph.__qualname__ = f"arena_{fn.__name__}"
+    return graph
+
+
+def segment_sum(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the sum of its elements (given as rows and tail blocks), in float64: each row summed first."""
+    out = torch.zeros(n.shape[0], dtype=torch.float64, device=rows.device)
+    out = out.index_add(0, lay[0], rows.sum(1, dtype=torch.float64))
+    return out.index_add(0, lay[2], tail.to(torch.float64))
+
+
+def segment_amin(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the minimum of its elements (``+inf`` for a tensor without any)."""
+    out = torch.full((n.shape[0],), float("inf"), dtype=rows.dtype, device=rows.device)
+    out = out.scatter_reduce(0, lay[0], rows.amin(1), "amin")
+    return out.scatter_reduce(0, lay[2], tail, "amin")
+
+
+def segment_amax(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the maximum of its elements (``-inf`` for a tensor without any)."""
+    out = torch.full((n.shape[0],), float("-inf"), dtype=rows.dtype, device=rows.device)
+    out = out.scatter_reduce(0, lay[0], rows.amax(1), "amax")
+    return out.scatter_reduce(0, lay[2], tail, "amax")

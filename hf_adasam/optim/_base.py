@@ -148,9 +148,8 @@ def run_kernel(
     hyper: dict[str, Any],
     *,
     shared: int = 0,
-    stores: tuple[tuple[int, str], ...] = (),
+    stores: Sequence[tuple[list[Tensor], PerTensor]] = (),
     inductor: tuple[tuple[str, Any], ...] = (),
-    sums: bool = False,
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
@@ -164,18 +163,29 @@ def run_kernel(
     elements, and inductor fuses the chain of element-wise ops into one loop over them. So a single-tensor
     kernel must be element-wise (a sum over a whole block is a sum over all of its tensors), accept floats or
     0-d tensors alike for its scalars, broadcast a per-tensor value given as a ``[rows, 1]`` block, and not
-    branch on tensor values. ``stores`` (compiled only): (list, hyperparameter) pairs, a per-tensor scalar list
-    set from a :class:`PerTensor` after the kernel; ``multi`` must then do the same. Parameters whose tensors the
-    arena cannot take (not contiguous somewhere, empty) take the foreach kernel, which computes the same update;
-    so does a kernel that cannot be compiled (dynamo or inductor raise before anything ran), with a warning that
-    says why.
+    branch on tensor values. ``stores``: (one-element tensors, :class:`PerTensor`) pairs, set after the kernel
+    (per-tensor state the kernel reads as a :class:`PerTensor` and must not read as a list). Parameters whose
+    tensors the arena cannot take (not contiguous somewhere, empty) take the foreach kernel, which computes the
+    same update; so does a kernel that cannot be compiled (dynamo or inductor raise before anything ran), with a
+    warning that says why.
     """
     if impl == "single":
         single(*tensors, **_unpacked(hyper))
-    elif impl == "foreach" or single in _COMPILE_FAILED or sums:  # (sums: per-tensor reductions, not yet arena)
+        _store(stores)
+    elif impl == "foreach" or single in _COMPILE_FAILED:
         multi(*tensors, **_unpacked(hyper))
+        _store(stores)
     else:
         _run_compiled(single, multi, tensors, hyper, shared, stores, inductor)
+
+
+def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | None = None) -> None:
+    """Eagerly, the stores of the parameters ``idx`` (all: None)."""
+    for targets, values in stores:
+        if idx is None:
+            torch._foreach_copy_(targets, values.values_list())
+        elif idx:
+            torch._foreach_copy_([targets[i] for i in idx], values.values[idx].unbind())
 
 
 def _unpacked(hyper: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +259,7 @@ def _run_compiled(
     if why is not None:
         _compile_failed(single, RuntimeError(why))
         multi(*tensors, **_unpacked(hyper))
+        _store(stores)
         return
     n = len(tensors[0])
     cut = len(tensors) - shared
@@ -256,35 +267,38 @@ def _run_compiled(
     lists = [*tensors[:cut], *(hyper[k] for k in named)]
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
-    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)]
+    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)
+            and all(targets[i].is_contiguous() for targets, _ in stores)]
     rest = [i for i in range(n) if i not in set(fits)] if len(fits) < n else []
     if fits:
-        if len(fits) < n:
-            lists = [[ts[i] for i in fits] for ts in lists]
-            numels = [numels[i] for i in fits]
+        sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
         vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
                    if isinstance(v, PerTensor)}
         scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()
                    if not isinstance(v, (list, PerTensor))}
+        store_pairs = [(sub(targets), values.values if len(fits) == n else values.values[fits])
+                       for targets, values in stores]
         try:
-            _arena_call(single, lists, names, numels, tensors[cut:], vectors, scalars, hyper, stores, inductor)
+            _arena_call(single, [sub(ts) for ts in lists], names, sub(numels), tensors[cut:], vectors, scalars,
+                        hyper, store_pairs, inductor)
         except _arena.NotArena as err:
-            if str(err) not in _NOT_ARENA_SAID:
-                _NOT_ARENA_SAID.add(str(err))
-                warnings.warn(f"hf-adasam: {single.__name__} runs its foreach kernel on a bucket with {err} (the "
-                              "compiled kernel updates every tensor in place at once)", RuntimeWarning, stacklevel=5)
+            _say_not_arena(single, err)
             rest = list(range(n))
         except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
             _compile_failed(single, err)
             rest = list(range(n))
     _foreach_on(multi, tensors, hyper, shared, rest)
+    _store(stores, rest)
 
 
-def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
-                numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
-                scalars: dict[str, Any], hyper: dict[str, Any], stores: tuple[tuple[int, str], ...],
-                inductor: tuple[tuple[str, Any], ...]) -> None:
-    device = lists[0][0].device
+def _say_not_arena(fn: Callable[..., Any], err: Exception) -> None:
+    if str(err) not in _NOT_ARENA_SAID:
+        _NOT_ARENA_SAID.add(str(err))
+        warnings.warn(f"hf-adasam: {fn.__name__} runs its foreach kernel on a bucket with {err} (the compiled "
+                      "kernel updates every tensor of a bucket in place in one call)", RuntimeWarning, stacklevel=6)
+
+
+def _kinds(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> tuple[str, ...]:
     kinds = []
     for ts in lists:
         if all(t.numel() == m for t, m in zip(ts, numels, strict=True)):
@@ -293,41 +307,100 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
             kinds.append(_arena.SCALAR)
         else:
             raise _arena.NotArena("a per-parameter list whose tensors are neither the parameters' size nor one element")
-    kinds = tuple(kinds)
+    return tuple(kinds)
+
+
+def _signature(fn: Callable[..., Any], device: torch.device, *parts: Any, scalars: dict[str, Any]) -> tuple[Any, ...]:
+    """What a compiled graph is specialised on: the kernel, device, list kinds and dtypes, knobs (Python values)."""
+    return (fn, device, *parts, tuple((k, type(v), None if isinstance(v, Tensor) else v) for k, v in scalars.items()
+                                      if not isinstance(v, Tensor) or v.dim() != 0 or v.dtype != torch.float64))
+
+
+def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
+                numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
+                scalars: dict[str, Any], hyper: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
+                inductor: tuple[tuple[str, Any], ...]) -> None:
+    device = lists[0][0].device
+    kinds = _kinds(lists, numels)
     dtypes = tuple(ts[0].dtype for ts in lists)
     shared_dtypes = tuple(t.dtype for ts in common for t in ts)
-    sig = (single, device, kinds, names, dtypes, shared_dtypes, stores, tuple(vectors),
-           tuple((k, v.dtype) for k, v in vectors.items()),
-           tuple((k, type(v), None if isinstance(v, Tensor) else v) for k, v in scalars.items()
-                 if not isinstance(v, Tensor) or v.dim() != 0 or v.dtype != torch.float64))
+    store_dtypes = tuple((t[0].dtype, v.dtype) for t, v in stores)
+    sig = _signature(single, device, kinds, names, dtypes, shared_dtypes, store_dtypes,
+                     tuple((k, v.dtype) for k, v in vectors.items()), scalars=scalars)
     written = _WRITTEN.get(sig)
     if written is None:
         written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyper, device)
     if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
         raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
                            "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
-    graph = _arena.elementwise_graph(single, kinds, names, written, stores, len(common))
-    fn = compiled(graph, inductor)
-    to_write = tuple(w or any(i == s for s, _ in stores) for i, w in enumerate(written))
+    fn = compiled(_arena.elementwise_graph(single, kinds, names, written), inductor)
     shared_flat = [[_flat(t) for t in ts] for ts in common]
+
+    def call(lists: list[list[Tensor]], numels: Sequence[int], shared: list[list[Tensor]], vectors: dict[str, Tensor],
+             stores: list[tuple[list[Tensor], Tensor]]) -> None:
+        lay = _arena.layout(tuple(numels), device)
+        ar = _arena.arenas(lists, written, lay.C, device)
+        st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
+        fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
+           vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0], [v for _, v in stores])
+
     if sig not in _TRACED:
         if single not in _ANNOUNCED:
             _announce_compile(single, lists[0])
         # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
-        trace = [[torch.zeros(m if k == _arena.ELEM else 1, dtype=d, device=device) for m in _TRACE_NUMELS]
-                 for k, d in zip(kinds, dtypes, strict=True)]
-        lay = _arena.layout(_TRACE_NUMELS, device)
-        ar = _arena.arenas(trace, to_write, lay.C, device)
+        m = len(_TRACE_NUMELS)
         with _compile_settings(device):
-            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
-               [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
-               {k: torch.zeros(len(_TRACE_NUMELS), dtype=v.dtype, device=device) for k, v in vectors.items()},
-               scalars)
+            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
+                  for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
+                 [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
+                 {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+                 [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
+                   torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
         _TRACED.add(sig)
-    lay = _arena.layout(tuple(numels), device)
-    ar = _arena.arenas(lists, to_write, lay.C, device)
-    fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared_flat,
-       vectors, scalars)
+    call(lists, numels, shared_flat, vectors, stores)
+
+
+def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], scalars: dict[str, Any],
+                  inductor: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """Per-tensor statistics of ``lists`` (per-parameter lists) in one compiled call: ``fn(blocks, lay, numels,
+    **scalars)`` (:func:`._arena.reduction_graph`) returns ``[N]`` tensors. ``None`` where the arena cannot take
+    these lists or ``fn`` cannot be compiled (said once); the caller then computes them with its foreach kernel.
+    """
+    if fn in _COMPILE_FAILED:
+        return None
+    why = _arena.available()
+    if why is not None:
+        _compile_failed(fn, RuntimeError(why))
+        return None
+    device = lists[0][0].device
+    numels = [t.numel() for t in lists[0]]
+    try:
+        if not all(numels) or not all(t.is_contiguous() for ts in lists for t in ts):
+            raise _arena.NotArena("an empty or non-contiguous tensor")
+        kinds = _kinds(lists, numels)
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
+        sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
+        graph = compiled(_arena.reduction_graph(fn), inductor)
+
+        def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
+            lay = _arena.layout(tuple(numels), device)
+            ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
+            return graph(ar.reads, kinds, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+                         torch.tensor(numels, dtype=torch.int64).to(device), scalars)
+
+        if sig not in _TRACED:
+            if fn not in _ANNOUNCED:
+                _announce_compile(fn, lists[0])
+            with _compile_settings(device):
+                call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
+                       for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
+            _TRACED.add(sig)
+        return call(lists, numels)
+    except _arena.NotArena as err:
+        _say_not_arena(fn, err)
+    except _COMPILE_ERRORS as err:
+        _compile_failed(fn, err)
+    return None
 
 
 def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Sequence[str | None],
