@@ -364,7 +364,8 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], sca
                   inductor: tuple[tuple[str, Any], ...] = ()) -> Any:
     """Per-tensor statistics of ``lists`` (per-parameter lists) in one compiled call: ``fn(blocks, lay, numels,
     **scalars)`` (:func:`._arena.reduction_graph`) returns ``[N]`` tensors. ``None`` where the arena cannot take
-    these lists or ``fn`` cannot be compiled (said once); the caller then computes them with its foreach kernel.
+    these lists (an empty or non-contiguous tensor, as the element-wise kernels' foreach fallback; other reasons
+    are said once) or ``fn`` cannot be compiled (said once); the caller then computes them with its foreach kernel.
     """
     if fn in _COMPILE_FAILED:
         return None
@@ -374,9 +375,9 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], sca
         return None
     device = lists[0][0].device
     numels = [t.numel() for t in lists[0]]
+    if not all(numels) or not all(t.is_contiguous() for ts in lists for t in ts):
+        return None
     try:
-        if not all(numels) or not all(t.is_contiguous() for ts in lists for t in ts):
-            raise _arena.NotArena("an empty or non-contiguous tensor")
         kinds = _kinds(lists, numels)
         scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
         sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
