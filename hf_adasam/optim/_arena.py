@@ -248,13 +248,16 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
     return graph
 
 
+@functools.cache
 def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The graph of a per-tensor reduction ``fn(blocks, lay, numels, **scalars) -> [N] tensors``: it only reads
-    (``blocks``: per list, its rows and tail blocks; ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
+    (``blocks``: per element list, its rows and tail blocks; per per-tensor scalar list, its ``[N]`` values;
+    ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
 
     def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, lay: Lay, numels: Tensor,
               scalars: dict[str, Any]) -> Any:
-        blocks = [gather(a, k, offsets[i], lay) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
+        blocks = [gather(a, k, offsets[i], lay) if k == ELEM else a[offsets[i], 0]
+                  for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         return fn(blocks, lay, numels, **scalars)
 
     graph.__name__ = graph.__qualname__ = f"arena_{fn.__name__}"

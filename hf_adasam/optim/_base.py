@@ -360,9 +360,10 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
     call(lists, numels, shared_flat, vectors, stores)
 
 
-def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], scalars: dict[str, Any],
-                  inductor: tuple[tuple[str, Any], ...] = ()) -> Any:
-    """Per-tensor statistics of ``lists`` (per-parameter lists) in one compiled call: ``fn(blocks, lay, numels,
+def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kinds: tuple[str, ...],
+                  scalars: dict[str, Any], inductor: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """Per-tensor statistics of ``lists`` (per-parameter lists of the given kinds: :data:`._arena.ELEM`, the
+    parameter's size, or :data:`._arena.SCALAR`, one element) in one compiled call: ``fn(blocks, lay, numels,
     **scalars)`` (:func:`._arena.reduction_graph`) returns ``[N]`` tensors. ``None`` where the arena cannot take
     these lists (an empty or non-contiguous tensor, as the element-wise kernels' foreach fallback; other reasons
     are said once) or ``fn`` cannot be compiled (said once); the caller then computes them with its foreach kernel.
@@ -378,7 +379,6 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], sca
     if not all(numels) or not all(t.is_contiguous() for ts in lists for t in ts):
         return None
     try:
-        kinds = _kinds(lists, numels)
         scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
         sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
         graph = compiled(_arena.reduction_graph(fn), inductor)

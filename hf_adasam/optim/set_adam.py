@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..sharding import Reduction
-from ._arena import PerTensor, segment_amin, segment_sum
+from ._arena import ELEM, PerTensor, segment_amin, segment_sum
 from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel, run_reduction
 
 __all__ = ["SETAdam", "set_adam"]
@@ -278,7 +278,7 @@ def set_adam(
     knobs = dict(beta2=beta2, eps=eps, power=power, tau=tau, bias_correction2=bias_correction2)
     found = None
     if impl == "compiled" and cos_given is None:
-        found = run_reduction(_arena_set_adam_scale, [grads, exp_avg_sqs], knobs)
+        found = run_reduction(_arena_set_adam_scale, [grads, exp_avg_sqs], (ELEM, ELEM), knobs)
     if found is not None:
         scales, shifts = found
     else:
