@@ -8,8 +8,8 @@ state_steps) to :func:`~hf_adasam.optim._base.run_kernel`, whose three impls run
 
 - ``"single"``: ``torch.optim.radam._single_tensor_radam``, exactly as ``torch.optim.RAdam(foreach=False)``;
 - ``"foreach"``: ``torch.optim.radam._multi_tensor_radam``, exactly as ``torch.optim.RAdam(foreach=True)``;
-- ``"compiled"`` (the default where ``torch.compile`` works): ``_single_tensor_radam`` under
-  ``torch.compile``, with two arguments set so that it traces into one graph for every step:
+- ``"compiled"``: ``_single_tensor_radam`` under ``torch.compile``, in one call over all of a bucket's tensors
+  (hf-adasam's arena dispatch), with two arguments set so that it traces into one graph for every step:
 
   * ``capturable=True``. The non-capturable path reads the step count into Python and branches on
     ρ_t > 5 (a branch dynamo cannot trace on a tensor, and a Python step would recompile every step);
@@ -17,9 +17,11 @@ state_steps) to :func:`~hf_adasam.optim._base.run_kernel`, whose three impls run
     ``torch.where``. The only arithmetic difference is the order of one product:
     ``m̂·lr·(r_t·l_t)`` instead of ``m̂·lr·l_t·r_t`` (≤ 1 ulp per step; nothing changes on the first,
     unrectified steps).
-  * the step count as a float64 0-d tensor (a copy of ``state["step"]``, written back after the kernel
-    incremented it). ``state["step"]`` is float32, as torch stores it; in float32 the capturable path
-    would compute 1−β^t and ρ_t in float32, where torch's reference computes them in Python (float64).
+  * the step count as a float64 tensor: 0-d when every tensor of the bucket is at the same step (as in
+    ordinary training: then the step's scalars promote as torch's Python scalars do), else one per tensor.
+    ``state["step"]`` is float32, as torch stores it; in float32 the capturable path would compute 1−β^t and
+    ρ_t in float32, where torch's reference computes them in Python (float64). The kernel increments copies;
+    the state's counts are incremented after it (one foreach call).
 
   The group's constants (β1, β2, weight decay, ``decoupled_weight_decay``, ``maximize``) reach torch's
   function as Python values (:class:`Constants`): it branches on ``weight_decay != 0`` and passes ``1 − β2``
@@ -46,6 +48,7 @@ from torch import Tensor
 from torch.optim import radam as _torch_radam
 
 from ..sharding import local
+from ._arena import PerTensor
 from ._base import resolve_impl, run_kernel
 
 __all__ = ["Constants", "RAdam", "radam"]
@@ -165,22 +168,11 @@ def _single_tensor_radam(
     constants: Constants,
     capturable: bool = False,
 ) -> None:
-    """``torch.optim.radam._single_tensor_radam``; compiled, its capturable form on float64 step copies."""
-    if not torch.compiler.is_compiling():
-        _torch_radam._single_tensor_radam(
-            params, grads, exp_avgs, exp_avg_sqs, state_steps,
-            lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
-        )
-        return
-    # run_kernel passes a 0-d tensor as a 1-element view: back to 0-d, so that the step's scalars promote
-    # as torch's Python scalars do (a 0-d float64 does not make a float32 update float64)
-    steps = [s.to(torch.float64).reshape(()) for s in state_steps]
+    """``torch.optim.radam._single_tensor_radam``, as ``torch.optim.RAdam(foreach=False)`` calls it."""
     _torch_radam._single_tensor_radam(
-        params, grads, exp_avgs, exp_avg_sqs, steps,
-        lr=lr, eps=eps, capturable=True, differentiable=False, **constants._asdict(),
+        params, grads, exp_avgs, exp_avg_sqs, state_steps,
+        lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
     )
-    for s, t in zip(state_steps, steps, strict=True):
-        s.copy_(t)
 
 
 def _multi_tensor_radam(
@@ -202,6 +194,55 @@ def _multi_tensor_radam(
     )
 
 
+def _step_copies(step: Any, n: int) -> list[Tensor]:
+    """Float64 copies of the current step count, one per tensor (or block): torch's functions increment them."""
+    if isinstance(step, list):
+        return [s.to(torch.float64, copy=True) for s in step]
+    return [torch.as_tensor(step, dtype=torch.float64).clone() for _ in range(n)]
+
+
+def _compiled_radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    step: Any,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    constants: Constants,
+    capturable: bool = False,
+) -> None:
+    """The compiled impl's kernel: torch's ``_single_tensor_radam`` in its capturable form (under
+    ``torch.compile``; eager, its plain form) on float64 copies of the step count, which it increments; the state's
+    step counts are incremented by the caller. ``step``: every tensor's current count (a float: the same for all,
+    then the step's scalars promote like Python scalars, as in torch's eager math), or one per tensor."""
+    _torch_radam._single_tensor_radam(
+        params, grads, exp_avgs, exp_avg_sqs, _step_copies(step, len(params)),
+        lr=lr, eps=eps, capturable=capturable or torch.compiler.is_compiling(), differentiable=False,
+        **constants._asdict(),
+    )
+
+
+def _compiled_radam_fallback(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    step: Any,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    constants: Constants,
+    capturable: bool = False,
+) -> None:
+    """:func:`_compiled_radam`'s foreach twin (tensors the arena cannot take, or no compiler)."""
+    _torch_radam._multi_tensor_radam(
+        params, grads, exp_avgs, exp_avg_sqs, _step_copies(step, len(params)),
+        lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
+    )
+
+
 # Inductor inlines a pointwise value into each of its consumers unless a heuristic realizes it. The step's
 # scalars (β^t by two float64 pow, ρ_t, r_t, sqrt(1-β2^t): 0-d tensors read by every element) fall under
 # the CPU heuristic's thresholds, so by default every vector iteration of the element loop recomputes them
@@ -213,4 +254,15 @@ _INDUCTOR_OPTIONS = (("realize_opcount_threshold", 0),)
 
 def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional RAdam over lists (params, grads, exp_avgs, exp_avg_sqs, state_steps): torch's kernels."""
-    run_kernel(impl, _single_tensor_radam, _multi_tensor_radam, tensors, hyper, inductor=_INDUCTOR_OPTIONS)
+    if impl != "compiled":
+        run_kernel(impl, _single_tensor_radam, _multi_tensor_radam, tensors, hyper)
+        return
+    *lists, state_steps = tensors
+    counts = torch.stack([s.reshape(()) for s in state_steps])
+    if counts.device.type == "cpu" and bool((counts == counts[0]).all()):  # (torch keeps them on the CPU)
+        step: Any = float(counts[0])
+    else:
+        step = PerTensor(counts.to(torch.float64))
+    run_kernel(impl, _compiled_radam, _compiled_radam_fallback, lists, dict(hyper, step=step),
+               inductor=_INDUCTOR_OPTIONS)
+    torch._foreach_add_(state_steps, 1)
