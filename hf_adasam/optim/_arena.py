@@ -215,6 +215,16 @@ def scatter(arena: Tensor, offs: Tensor, lay: Lay, rows: Tensor, tail: Tensor) -
     arena.index_put_((at, torch.zeros_like(at)), tail)
 
 
+def same_rows(*views: Tensor | None) -> None:
+    """Tell the compiler that every arena view has rows of the same length ``C`` (it cannot know: each input has
+    its own size symbol). With one symbol, every list's rows are one loop, so each element is read, computed and
+    written by one iteration; with several, inductor makes a loop per list (slower, and the written values would
+    no longer be computed before the loop that writes them over)."""
+    views = [v for v in views if v is not None]
+    for v in views[1:]:
+        torch._check(v.shape[1] == views[0].shape[1])
+
+
 def per_tensor(values: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
     """An ``[N]`` per-tensor vector as rows ``[R, 1]`` and tail ``[T]`` blocks."""
     return values[lay[0]].unsqueeze(1), values[lay[2]]
@@ -232,6 +242,7 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
     def graph(reads: list[Tensor], writes: list[Tensor | None], offsets: Tensor, lay: Lay, shared: list[list[Tensor]],
               vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor], store_offsets: Tensor,
               store_values: list[Tensor]) -> None:
+        same_rows(*reads, *writes)
         blocks = [list(gather(a, k, offsets[i], lay)) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
         hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
@@ -256,6 +267,7 @@ def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, lay: Lay, numels: Tensor,
               scalars: dict[str, Any]) -> Any:
+        same_rows(*reads)
         blocks = [gather(a, k, offsets[i], lay) if k == ELEM else a[offsets[i], 0]
                   for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         return fn(blocks, lay, numels, **scalars)

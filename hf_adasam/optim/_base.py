@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import os
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,9 +37,14 @@ from ..sharding import Reduction, is_sharded, local, reduction_for
 from . import _arena
 from ._arena import PerTensor
 
-Impl = Literal["compiled", "foreach", "single"]
-IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
+Impl = Literal["auto", "compiled", "foreach", "single"]
+IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")  # the three kernels
+AUTO = "auto"  # the default: foreach, then compiled once the run has spent AUTO_SWITCH_S in steps
 IMPL_ENV = "HF_ADASAM_IMPL"
+# impl="auto" switches from the foreach kernels to the compiled ones once an optimizer has spent this long in its
+# steps: about what compiling costs on a cold cache (benchmarks/results/first_step.md), so a run too short to
+# repay a compile never compiles, and a longer one spends at most this much more than had it compiled at once
+AUTO_SWITCH_S = 8.0
 REAL_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -87,17 +93,17 @@ def check_common(lr: float, weight_decay: float, eps: float | None = None) -> No
 # choosing and building the kernel
 # ----------------------------------------------------------------------------------------------
 def default_impl() -> str:
-    """``$HF_ADASAM_IMPL`` if set, else ``"compiled"`` where ``torch.compile`` can run."""
-    impl = os.environ.get(IMPL_ENV, "").strip().lower() or "compiled"
-    if impl not in IMPLS:
-        raise ValueError(f"Invalid {IMPL_ENV}={impl!r}; allowed values are {', '.join(IMPLS)}")
+    """``$HF_ADASAM_IMPL`` if set, else ``"auto"``."""
+    impl = os.environ.get(IMPL_ENV, "").strip().lower() or AUTO
+    if impl not in (AUTO, *IMPLS):
+        raise ValueError(f"Invalid {IMPL_ENV}={impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
     return impl
 
 
 def resolve_impl(impl: str | None) -> str:
     impl = default_impl() if impl is None else impl
-    if impl not in IMPLS:
-        raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join(IMPLS)}")
+    if impl not in (AUTO, *IMPLS):
+        raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
     if impl == "compiled" and not compile_supported():
         warnings.warn(
             "torch.compile is not usable here (no C++ compiler or unsupported platform); "
@@ -106,6 +112,45 @@ def resolve_impl(impl: str | None) -> str:
         )
         impl = "foreach"
     return impl
+
+
+class ImplChoice:
+    """The kernel an optimizer runs this step: its ``impl``, or for ``"auto"`` the foreach kernels until the
+    optimizer has spent :data:`AUTO_SWITCH_S` seconds in its steps, then the compiled ones (where ``torch.compile``
+    can run). A short run (a tiny model, a smoke test, a few hundred steps of a small one) never waits for a
+    compile; a long run compiles once, early, and spends at most ``AUTO_SWITCH_S`` more than had it compiled at
+    once. Time is host time (on CUDA, what the step takes to launch its kernels). Mixed into the optimizers."""
+
+    impl: str
+
+    @property
+    def kernel_impl(self) -> str:
+        if self.impl != AUTO:
+            return self.impl
+        return "compiled" if self.__dict__.get("_auto_compiled", False) else "foreach"
+
+    @contextlib.contextmanager
+    def timed_step(self) -> Iterator[None]:
+        """Around a step's kernels: counts their time towards the automatic switch."""
+        if self.impl != AUTO or self.__dict__.get("_auto_compiled", False):
+            yield
+            return
+        if not _AUTO_SAID:
+            _AUTO_SAID.append(True)
+            logger.info("hf-adasam: impl=auto: the optimizer runs its foreach kernels until it has spent %.0f s in "
+                        "its steps, then compiles them once (a run too short to repay a compile never compiles); "
+                        "%s=compiled or =foreach chooses.", AUTO_SWITCH_S, IMPL_ENV)
+        start = time.perf_counter()
+        yield
+        spent = self.__dict__.get("_auto_spent", 0.0) + time.perf_counter() - start
+        self._auto_spent = spent
+        if spent >= AUTO_SWITCH_S and compile_supported():
+            self._auto_compiled = True
+            logger.info("hf-adasam: %s has spent %.1f s in foreach steps: compiling its kernels (impl=auto)",
+                        type(self).__name__, spent)
+
+
+_AUTO_SAID: list[bool] = []  # the auto rule is logged once per process
 
 
 @functools.cache
@@ -504,7 +549,7 @@ def denominator_floor(dtype: torch.dtype, smallest_denominator: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # the base class
 # ----------------------------------------------------------------------------------------------
-class KernelOptimizer(torch.optim.Optimizer):
+class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
     """An optimizer whose step is a functional kernel over lists of tensors.
 
     Subclasses set ``state_buffers`` (names of per-parameter buffers created as ``zeros_like(p)``
@@ -581,7 +626,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         if not getattr(self, "_said_sharded", False) and any(is_sharded(p) for p in params):
             self._said_sharded = True
             logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each rank's "
-                        "shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
+                        "shards; %s", type(self).__name__, self.kernel_impl, self.sharded_statistics)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         raise NotImplementedError
@@ -592,11 +637,12 @@ class KernelOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            hyper = scalar_hyper(group)
-            for (_, _, step), params in self.gather(group).items():
-                self.say_if_sharded(params)
-                self.update_bucket(hyper, params, step)
+        with self.timed_step():
+            for group in self.param_groups:
+                hyper = scalar_hyper(group)
+                for (_, _, step), params in self.gather(group).items():
+                    self.say_if_sharded(params)
+                    self.update_bucket(hyper, params, step)
         return loss
 
 

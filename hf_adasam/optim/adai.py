@@ -76,11 +76,16 @@ class Adai(KernelOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self.timed_step():
+            self._step_buckets()
+        return loss
+
+    def _step_buckets(self) -> None:
         buckets = [(scalar_hyper(group), params, step) for group in self.param_groups
                    for (_, _, step), params in self.gather(group).items()]
         if not buckets:
-            return loss
-        # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
+            return
+        # phase 1: sum(v_hat) over every bucket (v_t computed, not stored); v_bar needs every bucket first
         sums = [self.second_moment(group, params, step) for group, params, step in buckets]
         every = [p for _, params, _ in buckets for p in params]
         self.say_if_sharded(every)
@@ -96,10 +101,9 @@ class Adai(KernelOptimizer):
         # v_bar = 0 only when every v is 0 (a first step whose gradients are all zero, or g^2 underflowing):
         # the authors' code then divides 0/0 and every weight becomes NaN; the floor makes it a zero step
         vhat_mean = vhat_mean.clamp(min=torch.finfo(vhat_mean.dtype).tiny)
-        # phase 2: inertia, momentum and the step
+        # phase 2: v_t, inertia, momentum and the step
         for group, params, step in buckets:
             self.update_bucket(group, params, step, vhat_mean.to(params[0].device))
-        return loss
 
     def second_moment(self, group: dict[str, Any], params: list[Tensor], step: int) -> Tensor:
         """The sum of v_hat of one bucket (v_t as this step will make it) as a 0-d tensor (no host sync)."""
@@ -113,7 +117,7 @@ class Adai(KernelOptimizer):
             weight_decay=group["weight_decay"],
             bias_correction2=1 - beta2**step,
             coupled_decay=not group["decoupled"] and group["weight_decay"] != 0,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
         return total
 
@@ -133,7 +137,7 @@ class Adai(KernelOptimizer):
             vhat_mean=vhat_mean,
             coupled_decay=decay and not group["decoupled"],
             decoupled_decay=decay and group["decoupled"],
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 

@@ -112,7 +112,7 @@ class AdaShift(KernelOptimizer):
             phi=group["phi"],
             denom_floor=floor or None,
             stats=stats,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 

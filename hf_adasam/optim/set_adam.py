@@ -89,7 +89,7 @@ class SETAdam(KernelOptimizer):
             denom_floor=denominator_floor(params[0].dtype, min(group["eps"], (1 - group["tau"]) * group["eps"] ** 0.5))
             or None,
             **given,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 
