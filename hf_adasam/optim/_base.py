@@ -3,11 +3,16 @@
 Each optimizer module follows ``torch.optim``'s layout: a functional kernel with a
 single-tensor path (a plain loop, the reference) and a multi-tensor path built from
 ``torch._foreach_*`` ops, plus a small ``Optimizer`` class that owns param groups and state.
-The third implementation, ``"compiled"``, is the single-tensor kernel compiled once by ``torch.compile``
-with dynamic shapes and applied to the parameters a few at a time, each seen as a 1-D tensor
-(:func:`run_kernel`): inductor fuses each tensor's chain of element-wise ops into one loop (C++ on CPU,
-Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does, and one
-compilation serves any model.
+The third implementation, ``"compiled"``, is the single-tensor kernel's math compiled once by
+``torch.compile`` with dynamic shapes and run in one call over all of a bucket's tensors (:func:`run_kernel`,
+:mod:`._arena`): inductor fuses the chain of element-wise ops into one loop over every tensor's elements (C++ on
+CPU, Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does, with a
+constant number of calls (one per kernel per bucket) whatever the number of tensors, and one compilation serves
+any model.
+
+Which one runs: ``impl`` (or ``$HF_ADASAM_IMPL``); the default ``"auto"`` (:class:`ImplChoice`) runs the
+foreach kernels until the optimizer has spent :data:`AUTO_SWITCH_S` seconds in its steps, then the compiled
+ones, so a run too short to repay a compile never compiles.
 
 Sharded parameters (FSDP2's DTensors): the state is created like the parameter (DTensors, as
 ``torch.optim``'s under FSDP2, so FSDP2's checkpointing sees it), and every kernel, in every impl, runs on
