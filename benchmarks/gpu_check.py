@@ -7,7 +7,9 @@
    float16 cases (every impl, compiled included, with the net's bounds), fp16 with a GradScaler and bf16
    autocast through ``SAMTrainer`` (``tests/test_sam_integrations.py``, ``tests/test_sam_trainer.py``);
 3. ``optim_step``: ``benchmarks/optim_step.py`` at 22m and 110m in bf16 and fp16 on CUDA (compiled kernels,
-   fewer steps), with its per-row state bytes and peak memory;
+   fewer steps), with its per-row state bytes and peak memory, and at the LoRA-7B shapes (448 tensors) in bf16
+   with SAM's tensor work too: its calls column counts, with the CUDA profiler, the kernels each step launches
+   (the compiled kernels make a constant number whatever the tensors: the thing to check on a GPU);
 4. ``train_step``: ``benchmarks/train_step.py`` with Trainer's ``bf16`` and ``fp16`` mixed precision on CUDA;
 5. ``fsdp``: ``benchmarks/gpu_check_fsdp.py`` (SAMTrainer under FSDP2, world size 1) if time is left;
 6. ``quality``: ``benchmarks/quality.py --budget full`` (the quality sweep on whole GLUE training splits, 3
@@ -60,6 +62,9 @@ def parts(a: argparse.Namespace, out: Path) -> list[Part]:
         tests = ["tests/test_kernel_net.py", "-k", "adasam and foreach and bfloat16 and not bias"]
         sizes, opt_kw = ["tiny"], ["--steps", "2", "--warmup", "2", "--impls", "foreach", "--peers", "false",
                                    "--rss", "off"]
+        # LoRA's 448 tensors at 0.3M parameters, compiled (the one part of the smoke run that compiles)
+        lora = ("lora_tiny", "fp32", ["--steps", "2", "--warmup", "2", "--impls", "compiled,foreach",
+                                      "--names", "adasam,sam", "--peers", "false", "--rss", "off"])
         train_kw = ["--hidden", "64", "--layers", "1", "--steps", "2", "--warmup", "1",
                     "--rows", "adamw (plain);two passes, no perturbation (yardstick);SAM over AdamW;ASAM over AdamW"]
         bench_env = {"HF_ADASAM_IMPL": "foreach"}
@@ -70,6 +75,7 @@ def parts(a: argparse.Namespace, out: Path) -> list[Part]:
                  "tests/test_sam_trainer.py::test_bf16_autocast_trains_with_finite_loss"]
         sizes, opt_kw = ["22m", "110m"], ["--steps", "10", "--impls", "compiled", "--peers", "false",
                                           "--mem-gb", "100"]
+        lora = ("lora7b", "bf16", opt_kw)
         train_kw = ["--steps", "40", "--warmup", "3"]
     ps = [Part("net", [py, __file__, "--net-worker", str(out / "net"), *net], a.net_timeout, net_env),
           Part("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], a.tests_timeout, net_env)]
@@ -77,6 +83,11 @@ def parts(a: argparse.Namespace, out: Path) -> list[Part]:
         ps.append(Part(f"optim_step_{sizes[0]}_{dtype}", [py, str(BENCH / "optim_step.py"), "--size", sizes[0],
                        "--device", dev, "--dtype", dtype, "--out", str(out / f"optim_step_{sizes[0]}_{dtype}"),
                        *opt_kw], a.bench_timeout, bench_env))
+        if dtype == "bf16":  # the LoRA shapes next, while the compiled kernels are in the disk cache
+            size, lora_dtype, lora_kw = lora
+            ps.append(Part(f"optim_step_{size}_{lora_dtype}", [py, str(BENCH / "optim_step.py"), "--size", size,
+                           "--device", dev, "--dtype", lora_dtype, "--out",
+                           str(out / f"optim_step_{size}_{lora_dtype}"), *lora_kw], a.bench_timeout, bench_env))
         ps.append(Part(f"train_step_{dtype}", [py, str(BENCH / "train_step.py"), "--device", dev, "--dtype", dtype,
                        "--out", str(out / f"train_step_{dtype}"), *train_kw], a.bench_timeout, bench_env))
     for size in sizes[1:]:
@@ -214,8 +225,8 @@ def main() -> None:
              "| part | status | s | log / note |", "|---|---|---:|---|"]
     for r in report:
         lines.append(f"| {r['part']} | {r['status']} | {r.get('s', '')} | {r.get('log', r.get('note', ''))} |")
-    lines += ["", "Results: `net.md` (deviation table), `optim_step_<size>_<dtype>.md`, `train_step_<dtype>.md` "
-              "beside this file; each part's output in its `.log`."]
+    lines += ["", "Results: `net.md` (deviation table), `optim_step_<size>_<dtype>.md` (`lora7b`: kernel launches per "
+              "step in its calls columns), `train_step_<dtype>.md` beside this file; each part's output in its `.log`."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     sys.exit(0 if ok else 1)

@@ -1,9 +1,12 @@
 """ms per ``optimizer.step()`` for every hf-adasam optimizer against ``torch.optim.AdamW`` and peers.
 
-All optimizers live in one process over the same BERT-shaped parameter list (MiniLM-L6: 103
-tensors, 22.7M parameters, or BERT-base with ``--size 110m``) and are stepped interleaved, so
+All optimizers live in one process over the same parameter list (MiniLM-L6's shapes: 103 tensors, 22.7M
+parameters; BERT-base's with ``--size 110m``: 199, 110M; or ``--size lora7b``: the LoRA adapters of a 7B Llama,
+r = 8 on q, k, v, o, gate, up and down of 32 layers: 448 tensors, 20M parameters) and are stepped interleaved, so
 machine noise hits every row alike. Each row reports the median of ``--steps`` timed steps after
-``--warmup`` untimed ones (which include the one-off compile, reported separately).
+``--warmup`` untimed ones (which include the one-off compile, reported separately), and its calls per step:
+torch's profiler's count of compiled-graph calls and of calls into torch's dispatcher (outermost aten ops and
+compiled calls; on CUDA also the kernels launched), which says whether dispatch grows with the number of tensors.
 
 Besides AdamW (fused, foreach) the rows include ``torch.optim.Adam(amsgrad=True)`` and the
 ``pytorch_optimizer`` version of a method where one exists (``--peers``; needs the ``bench`` extra).
@@ -13,6 +16,7 @@ arrays the algorithm must read and write per element per step (``TRAFFIC``) × p
     python benchmarks/optim_step.py                  # compiled + foreach rows, 22.7M params
     python benchmarks/optim_step.py --impls foreach  # eager only (no compile wait)
     python benchmarks/optim_step.py --size 110m --impls compiled   # BERT-base, in memory-sized groups
+    python benchmarks/optim_step.py --size lora7b                  # 448 LoRA tensors
 
 When every row at once would not fit in ``--mem-gb`` (at 110M parameters AdaShift alone holds 12
 copies of the model, its own and pytorch_optimizer's 25), the methods are packed into groups that do,
@@ -56,17 +60,17 @@ TRAFFIC: dict[str, int] = {
     "adasam": 9,  # AMSGrad's
     "set_adam": 9,  # pass 1: g, v r (reductions of v_t); pass 2: p r/w, g r, m r/w, v r/w
     "radam": 7,
-    "adai": 11,  # pass 1: g r, v r/w (global mean); pass 2: p r/w, g r, m r/w, v r, 1-P_t r/w
-    "adaiw": 11,
+    "adai": 12,  # pass 1: p, g, v r (the mean of v_t, coupled decay); pass 2: p r/w, g r, m r/w, v r/w, 1-P_t r/w
+    "adaiw": 11,  # pass 1 without p
     "adashift": 8,  # pass 1: max of the leaving gradient; pass 2: p r/w, g r, m r/w, window slot r/w
     "cprop_adam": 11,  # p r/w, g r, m, v, mu, M r/w
     "cprop_sgd": 9,  # p r/w, g r, buffer, mu, M r/w
     "generic_adam": 7,
 }
-# SAM's own tensor work per two-pass step: ‖g‖ (g r) + save w (p r, copy w) + w += ρ g/‖g‖ (p r/w, g r)
-# + restore (copy r, p w); the forward/backward passes are not part of an optimizer's step
-SAM_OPS = 8
-# ASAM's (T = |w| + η): SAM's + ‖T g‖ (p r, g r); T² g and ‖e‖ fold into that pass and into the perturbing one
+# SAM's own tensor work per two-pass step: ‖g‖ (g r) + save w and w += ρ g/‖g‖ in one pass (p r, copy w, p w,
+# g r) + restore (copy r, p w)
+SAM_OPS = 7
+# ASAM's (T = |w| + η): SAM's + ‖T g‖ and ‖T² g‖ in one pass (p r, g r); ‖e‖ = ρ‖T² g‖/‖T g‖ needs no pass over e
 ASAM_OPS = SAM_OPS + 2
 TRAFFIC["sam"] = TRAFFIC["adamw"] + SAM_OPS  # SAM's tensor work over AdamW
 # untimed steps before timing: AdaShift only stores gradients until its window of n = 10 is full, and its
@@ -144,7 +148,27 @@ def state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
 
 
 SIZES = {"tiny": (64, 1, 256, 1000), "22m": (384, 6, 1536, 30522), "110m": (768, 12, 3072, 30522)}
+# LoRA: (hidden, intermediate, layers, rank) of a Llama; lora_tiny keeps the 448 tensors at 0.3M parameters
+LORA = {"lora7b": (4096, 11008, 32, 8), "lora_tiny": (64, 172, 32, 8)}
+SHAPE_SETS = [*SIZES, *LORA]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def shapes_of(size: str) -> list[tuple[int, ...]]:
+    """The parameter shapes of a ``--size``: BERT's (:func:`bert_shapes`) or LoRA adapters' (:func:`lora_shapes`)."""
+    return lora_shapes(size) if size in LORA else bert_shapes(size)
+
+
+def lora_shapes(size: str) -> list[tuple[int, ...]]:
+    """LoRA's trainable tensors on a Llama: A (r, in) and B (out, r) for q, k, v, o (hidden to hidden), gate and up
+    (hidden to intermediate) and down (intermediate to hidden) of every layer: 7B (``lora7b``), 448 tensors, 20.0M
+    parameters."""
+    h, inter, layers, r = LORA[size]
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(layers):
+        for fan_in, fan_out in [(h, h)] * 4 + [(h, inter)] * 2 + [(inter, h)]:
+            shapes += [(r, fan_in), (fan_out, r)]
+    return shapes
 
 
 def bert_shapes(size: str) -> list[tuple[int, ...]]:
@@ -224,8 +248,10 @@ def run_groups(args: argparse.Namespace, groups: list[list[str]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=list(SIZES), default="22m",
-                    help="parameter shapes: MiniLM-L6 (22m), BERT-base (110m) or a 0.1M smoke-test model (tiny)")
+    ap.add_argument("--size", choices=SHAPE_SETS, default="22m",
+                    help="parameter shapes: MiniLM-L6 (22m), BERT-base (110m), the LoRA adapters of a 7B Llama "
+                         "(lora7b), or for smoke tests a 0.1M model (tiny) and LoRA's 448 tensors at 0.3M parameters "
+                         "(lora_tiny)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per row (interleaved)")
     ap.add_argument("--warmup", type=int, default=WARMUP, help="untimed steps per row first (compile included)")
     ap.add_argument("--impls", default="compiled,foreach", help="hf-adasam kernels to time, comma-separated")
@@ -255,7 +281,7 @@ def main() -> None:
         return
     suffix = "" if (args.device, args.dtype) == ("cpu", "fp32") else f"_{args.device}_{args.dtype}"
     stem = Path(args.out) if args.out else RESULTS / f"optim_step_{args.size}{suffix}"
-    numel = sum(math.prod(s) for s in bert_shapes(args.size))
+    numel = sum(math.prod(s) for s in shapes_of(args.size))
     groups = plan_groups(args, numel) if math.isfinite(args.mem_gb) else [args.names.split(",")]
     if len(groups) > 1:
         write(stem, run_groups(args, groups))
@@ -267,7 +293,7 @@ class Problem:
     """BERT-shaped parameters with fixed gradients; every optimizer gets its own fresh parameters."""
 
     def __init__(self, size: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        self.shapes = bert_shapes(size)
+        self.shapes = shapes_of(size)
         self.device, self.dtype = torch.device(device), dtype
         self.gen = torch.Generator().manual_seed(0)
         self.grads = [self._tensor(s, 1e-3) for s in self.shapes]
@@ -288,10 +314,11 @@ class Problem:
         return torch.zeros((), device=self.device)
 
     def groups(self, ps: list[torch.Tensor] | None = None) -> list[dict]:
-        """Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not."""
+        """Trainer's layout: matrices decay, vectors (bias, LayerNorm) do not (LoRA: one group)."""
         ps = self.params() if ps is None else ps
-        return [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
-                {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
+        groups = [{"params": [p for p in ps if p.dim() > 1], "weight_decay": 0.01},
+                  {"params": [p for p in ps if p.dim() <= 1], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
 
 @dataclass
@@ -309,7 +336,7 @@ def row_keys(args: argparse.Namespace) -> list[str]:
     impls = args.impls.split(",")
     for name in args.names.split(","):
         if name == SAM:
-            keys += ["sam", *(["sam_peer"] if peers else [])]
+            keys += [f"sam:{impl}" for impl in impls if impl != "single"] + (["sam_peer"] if peers else [])
             continue
         keys += [f"{name}:{impl}" for impl in impls]
         if peers and name in PEERS:
@@ -325,15 +352,17 @@ def build_row(key: str, prob: Problem) -> Row:
     if key == "amsgrad":
         opt = torch.optim.Adam(prob.groups(), lr=1e-3, amsgrad=True, foreach=True)
         return Row("Adam amsgrad (torch foreach)", opt.step, opt, TRAFFIC["amsgrad"])
-    if key == "sam":  # SAM's tensor work over AdamW fused, the closure standing in for forward/backward
+    if key.startswith("sam:"):  # SAM's tensor work over AdamW fused, the closure standing in for forward/backward
+        impl = key.removeprefix("sam:")
         ps = prob.params()
         ours = hf_adasam.SAM(torch.optim.AdamW(prob.groups(ps), lr=1e-3, fused=True), rho=0.05)
+        ours.sam.perturbation.impl = impl  # the SAM step's own tensor work: compiled or foreach
 
         def ours_step() -> None:
             ours.zero_grad()
             ours.step(lambda: prob.set_grads(ps))
 
-        return Row("SAM over AdamW fused (hf_adasam.SAM)", ours_step, ours, TRAFFIC[SAM])
+        return Row(f"SAM over AdamW fused (hf_adasam.SAM, {impl})", ours_step, ours, TRAFFIC[SAM])
     if key == "sam_peer":
         import pytorch_optimizer
 
@@ -353,6 +382,37 @@ def build_row(key: str, prob: Problem) -> Row:
     name, impl = key.split(":")
     opt = make_ours(name, impl, prob.groups())
     return Row(f"{name} {impl}", opt.step, opt, TRAFFIC[name])
+
+
+def calls_per_step(step: Callable[[], None], device: torch.device) -> dict[str, int]:
+    """One step under torch's profiler: compiled-graph calls, calls into torch's dispatcher (aten ops and compiled
+    calls not inside another one: what a step costs in dispatch, whatever each call does) and, on CUDA, kernels
+    launched on the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    events = prof.events()
+
+    def counted(e) -> bool:
+        return e.name.startswith(("aten::", "Torch-Compiled Region"))
+
+    def outermost(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if counted(p):
+                return False
+            p = p.cpu_parent
+        return True
+
+    calls = [e for e in events if counted(e) and outermost(e)]
+    out = {"compiled_calls": sum(e.name.startswith("Torch-Compiled Region") for e in calls), "calls": len(calls)}
+    if device.type == "cuda":
+        out["kernel_launches"] = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                                     and not e.name.startswith(("Memcpy", "Memset")))
+    return out
 
 
 def _proc_kib(field: str) -> int:
@@ -405,6 +465,7 @@ def measure(args: argparse.Namespace) -> dict:
     shapes, numel = prob.shapes, prob.numel
     rows: dict[str, Row] = {}
     compile_s: dict[str, float] = {}
+    calls: dict[str, dict[str, int]] = {}
     memory: dict[str, dict] = {}
     keys = row_keys(args)
 
@@ -416,7 +477,8 @@ def measure(args: argparse.Namespace) -> dict:
             row.step()
         sync(device)
         compile_s[row.label] = time.perf_counter() - t0
-        print(f"warm-up {row.label}: {compile_s[row.label]:.1f} s", flush=True)
+        calls[row.label] = calls_per_step(row.step, device)
+        print(f"warm-up {row.label}: {compile_s[row.label]:.1f} s; calls per step {calls[row.label]}", flush=True)
         rows[row.label] = row
         if device.type == "cuda":  # exact: the caching allocator counts live tensors
             torch.cuda.reset_peak_memory_stats(device)
@@ -451,7 +513,7 @@ def measure(args: argparse.Namespace) -> dict:
                       "arrays_per_element": rows[label].arrays, "floor_ms": floor * 1e3, "vs_floor": med / floor,
                       "ms_p10": sorted(ts)[len(ts) // 10] * 1e3, "ms_p90": sorted(ts)[9 * len(ts) // 10] * 1e3,
                       "warmup_s": compile_s[label], "state_B_per_param": (held + sam_copy) / numel,
-                      "sam_copy_B_per_param": sam_copy / numel, **memory.get(label, {})})
+                      "sam_copy_B_per_param": sam_copy / numel, **calls[label], **memory.get(label, {})})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(), "numel": numel,
                "tensors": len(shapes), "steps": args.steps, "warmup": args.warmup,
@@ -483,19 +545,28 @@ def write(stem: Path, result: dict) -> None:
                   f"copy bandwidth {g['copy_bandwidth_GBps']:.1f} GB/s" for i, g in enumerate(groups)]
         lines.append("")
     group_col = " group |" if groups else ""
-    lines += ["| optimizer | ms / step (median) | p10–p90 | × AdamW fused | arrays r+w | floor ms | × floor | "
+    launches = any("kernel_launches" in r for r in table)
+    lines += ["| optimizer | ms / step (median) | p10–p90 | × AdamW fused | calls / step (compiled) | "
+              + ("kernel launches / step | " if launches else "") + "arrays r+w | floor ms | × floor | "
               "warm-up s (incl. compile) | state B/param | of it SAM's copy of w | peak over params+grads B/param | "
               "step transient B/param | peak RSS MB |" + group_col,
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if groups else "")]
+              "|---|---:|---:|---:|---:|" + ("---:|" if launches else "")
+              + "---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if groups else "")]
     for r in table:
+        calls = f"{r['calls']} ({r['compiled_calls']})" if "calls" in r else "–"
         lines.append(f"| {r['optimizer']} | {r['ms_median']:.1f} | {r['ms_p10']:.1f}–{r['ms_p90']:.1f} | "
-                     f"{r['vs_adamw_fused']:.2f} | {r['arrays_per_element']} | {r['floor_ms']:.1f} | "
+                     f"{r['vs_adamw_fused']:.2f} | {calls} | "
+                     + (f"{_cell(r, 'kernel_launches', 'd')} | " if launches else "")
+                     + f"{r['arrays_per_element']} | {r['floor_ms']:.1f} | "
                      f"{r['vs_floor']:.2f} | {r['warmup_s']:.1f} | {_cell(r, 'state_B_per_param', '.1f')} | "
                      f"{_cell(r, 'sam_copy_B_per_param', '.1f')} | "
                      f"{_cell(r, 'peak_over_params_grads_B_per_param', '.1f')} | "
                      f"{_cell(r, 'step_transient_B_per_param', '.1f')} | {_cell(r, 'peak_rss_MB', '.0f')} |"
                      + (f" {r['group']} |" if groups else ""))
-    lines += ["", "Memory: state B/param is what the optimizer holds between steps (its state tensors, and for "
+    lines += ["", "Calls / step: torch's profiler over one step after the warm-up: calls into torch's dispatcher (aten "
+              "ops and compiled-graph calls not inside another one), in brackets the compiled-graph calls"
+              + ("; kernel launches: kernels the step ran on the GPU" if launches else "") + ".",
+              "", "Memory: state B/param is what the optimizer holds between steps (its state tensors, and for "
               "hf_adasam.SAM the saved copy of w), exact; the peak columns come from a fresh process per row "
               "(CPU: peak RSS with glibc returning freed blocks at once) or torch.cuda.max_memory_allocated (CUDA), "
               "over 3 steps after the warm-up. Step transient: the peak above what the process held before "

@@ -124,7 +124,12 @@ def _noncontiguous() -> Problem:
     return problem
 
 
+# Tensors large enough that the compiled impl cuts them into rows of C elements and tail elements (the main
+# problem's are all tail), with a different C in each param group (16 and 64): the same graphs as the main matrix
+ROWS_SHAPES = ((40, 24), (17,), (33, 31), (64,), (2, 1000), ())
+
 SITUATIONS = {
+    "rows_and_tails": random_problem(13, shapes=ROWS_SHAPES),
     "zero_first_4_steps": _zero_first(4),
     "grad_none_some_steps": _missing_grads(),
     "all_zero_gradient_steps": _all_zero_steps(),

@@ -3,11 +3,16 @@
 Each optimizer module follows ``torch.optim``'s layout: a functional kernel with a
 single-tensor path (a plain loop, the reference) and a multi-tensor path built from
 ``torch._foreach_*`` ops, plus a small ``Optimizer`` class that owns param groups and state.
-The third implementation, ``"compiled"``, is the single-tensor kernel compiled once by ``torch.compile``
-with dynamic shapes and applied to the parameters a few at a time, each seen as a 1-D tensor
-(:func:`run_kernel`): inductor fuses each tensor's chain of element-wise ops into one loop (C++ on CPU,
-Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does, and one
-compilation serves any model.
+The third implementation, ``"compiled"``, is the single-tensor kernel's math compiled once by
+``torch.compile`` with dynamic shapes and run in one call over all of a bucket's tensors (:func:`run_kernel`,
+:mod:`._arena`): inductor fuses the chain of element-wise ops into one loop over every tensor's elements (C++ on
+CPU, Triton on CUDA), so a step reads and writes each state buffer once, as a fused optimizer does, with a
+constant number of calls (one per kernel per bucket) whatever the number of tensors, and one compilation serves
+any model.
+
+Which one runs: ``impl`` (or ``$HF_ADASAM_IMPL``); the default ``"auto"`` (:class:`ImplChoice`) runs the
+foreach kernels until the optimizer has spent :data:`AUTO_SWITCH_S` seconds in its steps, then the compiled
+ones, so a run too short to repay a compile never compiles.
 
 Sharded parameters (FSDP2's DTensors): the state is created like the parameter (DTensors, as
 ``torch.optim``'s under FSDP2, so FSDP2's checkpointing sees it), and every kernel, in every impl, runs on
@@ -24,6 +29,7 @@ import functools
 import math
 import os
 import sys
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,10 +40,17 @@ from torch import Tensor
 
 from .._logging import is_main_process, logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
+from . import _arena
+from ._arena import PerTensor
 
-Impl = Literal["compiled", "foreach", "single"]
-IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")
+Impl = Literal["auto", "compiled", "foreach", "single"]
+IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")  # the three kernels
+AUTO = "auto"  # the default: foreach, then compiled once the run has spent AUTO_SWITCH_S in steps
 IMPL_ENV = "HF_ADASAM_IMPL"
+# impl="auto" switches from the foreach kernels to the compiled ones once an optimizer has spent this long in its
+# steps: about what compiling costs on a cold cache (benchmarks/results/first_step.md), so a run too short to
+# repay a compile never compiles, and a longer one spends at most this much more than had it compiled at once
+AUTO_SWITCH_S = 8.0
 REAL_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -86,17 +99,17 @@ def check_common(lr: float, weight_decay: float, eps: float | None = None) -> No
 # choosing and building the kernel
 # ----------------------------------------------------------------------------------------------
 def default_impl() -> str:
-    """``$HF_ADASAM_IMPL`` if set, else ``"compiled"`` where ``torch.compile`` can run."""
-    impl = os.environ.get(IMPL_ENV, "").strip().lower() or "compiled"
-    if impl not in IMPLS:
-        raise ValueError(f"Invalid {IMPL_ENV}={impl!r}; allowed values are {', '.join(IMPLS)}")
+    """``$HF_ADASAM_IMPL`` if set, else ``"auto"``."""
+    impl = os.environ.get(IMPL_ENV, "").strip().lower() or AUTO
+    if impl not in (AUTO, *IMPLS):
+        raise ValueError(f"Invalid {IMPL_ENV}={impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
     return impl
 
 
 def resolve_impl(impl: str | None) -> str:
     impl = default_impl() if impl is None else impl
-    if impl not in IMPLS:
-        raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join(IMPLS)}")
+    if impl not in (AUTO, *IMPLS):
+        raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
     if impl == "compiled" and not compile_supported():
         warnings.warn(
             "torch.compile is not usable here (no C++ compiler or unsupported platform); "
@@ -105,6 +118,61 @@ def resolve_impl(impl: str | None) -> str:
         )
         impl = "foreach"
     return impl
+
+
+class ImplChoice:
+    """The kernel an optimizer runs this step: its ``impl``, or for ``"auto"`` the foreach kernels until the
+    optimizer has spent :data:`AUTO_SWITCH_S` seconds in its steps, then the compiled ones (where ``torch.compile``
+    can run). A short run (a tiny model, a smoke test, a few hundred steps of a small one) never waits for a
+    compile; a long run compiles once, early, and spends at most ``AUTO_SWITCH_S`` more than had it compiled at
+    once. Time is host time (on CUDA, what the step takes to launch its kernels). Mixed into the optimizers."""
+
+    impl: str
+
+    @property
+    def kernel_impl(self) -> str:
+        if self.impl != AUTO:
+            return self.impl
+        return "compiled" if self.__dict__.get("_auto_compiled", False) else "foreach"
+
+    @contextlib.contextmanager
+    def timed_step(self) -> Iterator[None]:
+        """Around a step's kernels: counts their time towards the automatic switch."""
+        if self.impl != AUTO or self.__dict__.get("_auto_compiled", False):
+            yield
+            return
+        if not _AUTO_SAID:
+            _AUTO_SAID.append(True)
+            if is_main_process():
+                logger.info("hf-adasam: impl=auto: the optimizer runs its foreach kernels until it has spent %.0f s "
+                            "in its steps, then compiles them once (a run too short to repay a compile never "
+                            "compiles); %s=compiled or =foreach chooses.", AUTO_SWITCH_S, IMPL_ENV)
+        start = time.perf_counter()
+        yield
+        spent = self.__dict__.get("_auto_spent", 0.0) + time.perf_counter() - start
+        self._auto_spent = spent
+        if _all_ranks_agree(spent >= AUTO_SWITCH_S) and compile_supported():
+            self._auto_compiled = True
+            if is_main_process():
+                logger.info("hf-adasam: %s has spent %.1f s in foreach steps: compiling its kernels (impl=auto)",
+                            type(self).__name__, spent)
+
+
+_AUTO_SAID: list[bool] = []  # the auto rule is logged once per process
+
+
+def _all_ranks_agree(switch: bool) -> bool:
+    """Whether any rank of a distributed job wants to switch: then all switch at the same step. The compiled and
+    foreach kernels round differently, so ranks that switched at different steps would leave DDP's replicas
+    unequal. One all-reduce of one number per step, in distributed jobs only, until the switch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return switch
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([float(switch)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 @functools.cache
@@ -120,13 +188,7 @@ def compile_supported() -> bool:
     return True
 
 
-# tensors per compiled call: the graph holds GROUP copies of the kernel's loop (its compile time grows with it:
-# on a 2-core CPU ~2 s a cold first step per 2 more) and each call costs ~180 us of dynamo/AOT/inductor wrappers,
-# so a model of n tensors pays n / GROUP of them (MiniLM, 103 tensors: 52 calls, ~9 ms a step at 2:
-# benchmarks/results/profile_step_22m.md). 2 keeps every optimizer's cold first step under 10 s
-# (benchmarks/results/first_step.md)
-GROUP = 2
-# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a tensor)
+# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a row)
 # is more C++ to compile per loop (~0.8 s of a cold first step), for a handful of elements
 _INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
 
@@ -135,9 +197,9 @@ _INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
 def compiled(fn: Callable[..., None], inductor: tuple[tuple[str, Any], ...] = ()) -> Callable[..., None]:
     """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
 
-    The graph takes ``GROUP`` 1-D tensors per list, each of its own symbolic length, so one compilation serves
-    every model: the step calls it on groups of the flattened parameters (:func:`_run_compiled`). ``inductor``:
-    the kernel's own inductor settings, (name, value) pairs, in force whenever it compiles.
+    ``fn`` is a kernel's arena graph (:mod:`._arena`): every size in it is symbolic, so one compilation serves
+    every model. ``inductor``: the kernel's own inductor settings, (name, value) pairs, in force whenever it
+    compiles.
     """
     # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
     # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
@@ -153,38 +215,70 @@ def run_kernel(
     hyper: dict[str, Any],
     *,
     shared: int = 0,
-    sums: bool = False,
+    stores: Sequence[tuple[list[Tensor], PerTensor]] = (),
     inductor: tuple[tuple[str, Any], ...] = (),
 ) -> None:
     """Run one of an algorithm's kernels on lists of tensors.
 
     ``tensors`` are per-parameter lists (params, grads, state buffers), then ``shared`` lists whose tensors
     every parameter's update shares (Adai's running sum). A list-valued hyperparameter holds one tensor per
-    parameter (whole-tensor statistics given under FSDP2). ``sums``: the kernel sums over a whole tensor.
-    ``inductor``: the compiled kernel's own inductor settings, (name, value) pairs.
+    parameter (a state buffer passed by name, or a one-element per-tensor statistic); a :class:`PerTensor`
+    one number per parameter. ``inductor``: the compiled kernel's own inductor settings, (name, value) pairs.
 
-    ``"compiled"`` compiles the *single-tensor* kernel once, with dynamic shapes, and applies it to groups of
-    ``GROUP`` parameters viewed as 1-D tensors (:func:`_run_compiled`); inductor fuses each tensor's chain of
-    element-wise ops into one loop. So a single-tensor kernel must be element-wise apart from reductions over a
-    whole tensor, accept floats or 0-d tensors alike for its scalars, and must not branch on them. A kernel
-    that cannot be compiled (dynamo or inductor raise while tracing, before anything ran) falls back to the
-    foreach kernel, which computes the same update, with a warning that says why.
+    ``"compiled"`` runs the *single-tensor* kernel's math in one compiled call over all the tensors
+    (:mod:`._arena`): the kernel sees two blocks per list, every tensor's rows of ``C`` elements and the tail
+    elements, and inductor fuses the chain of element-wise ops into one loop over them. So a single-tensor
+    kernel must be element-wise (a sum over a whole block is a sum over all of its tensors), accept floats or
+    0-d tensors alike for its scalars, broadcast a per-tensor value given as a ``[rows, 1]`` block, and not
+    branch on tensor values. ``stores``: (one-element tensors, :class:`PerTensor`) pairs, set after the kernel
+    (per-tensor state the kernel reads as a :class:`PerTensor` and must not read as a list). Parameters whose
+    tensors the arena cannot take (not contiguous somewhere, empty) take the foreach kernel, which computes the
+    same update; so does a kernel that cannot be compiled (dynamo or inductor raise before anything ran), with a
+    warning that says why.
     """
     if impl == "single":
-        single(*tensors, **hyper)
+        single(*tensors, **_unpacked(hyper))
+        _store(stores)
     elif impl == "foreach" or single in _COMPILE_FAILED:
-        multi(*tensors, **hyper)
+        multi(*tensors, **_unpacked(hyper))
+        _store(stores)
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, SUM_MIN_LENGTH if sums else 2, inductor)
+        _run_compiled(single, multi, tensors, hyper, shared, stores, inductor)
+
+
+def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | None = None) -> None:
+    """Eagerly, the stores of the parameters ``idx`` (all: None)."""
+    for targets, values in stores:
+        if idx is None:
+            torch._foreach_copy_(targets, values.values_list())
+        elif idx:
+            torch._foreach_copy_([targets[i] for i in idx], values.values[idx].unbind())
+
+
+def _unpacked(hyper: dict[str, Any]) -> dict[str, Any]:
+    """``hyper`` as the single-tensor and foreach kernels take it: a :class:`PerTensor` as a list of 0-d tensors."""
+    if not any(isinstance(v, PerTensor) for v in hyper.values()):
+        return hyper
+    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyper.items()}
 
 
 def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
                 idx: list[int]) -> None:
     """The foreach kernel on the parameters ``idx`` (their per-parameter lists; shared lists whole)."""
-    if idx:
-        cut = len(tensors) - shared
-        multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
-              **{k: [v[i] for i in idx] if isinstance(v, list) else v for k, v in hyper.items()})
+    if not idx:
+        return
+    cut = len(tensors) - shared
+    if len(idx) == len(tensors[0]):
+        multi(*tensors, **_unpacked(hyper))
+        return
+
+    def pick(v: Any) -> Any:
+        if isinstance(v, list):
+            return [v[i] for i in idx]
+        return PerTensor(v.values[idx]) if isinstance(v, PerTensor) else v
+
+    multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
+          **_unpacked({k: pick(v) for k, v in hyper.items()}))
 
 
 def _compile_failed(single: Callable[..., None], err: Exception) -> None:
@@ -199,15 +293,14 @@ def _compile_failed(single: Callable[..., None], err: Exception) -> None:
     )
 
 
-# A float32 sum compiled by inductor's C++ backend is blocked (chunks of 4096, for accuracy) only when the
-# length exceeds 4096, and the graph is specialised on that: a kernel that sums over a tensor compiles for
-# longer tensors only; shorter ones (biases, norms: a few percent of a model's elements) take its foreach twin
-SUM_MIN_LENGTH = 4097
-# the length of every tensor of the call that compiles a kernel: its size hints decide inductor's loop
-# parallelisation, which must suit the large tensors
-_TRACE_LENGTH = 1 << 16
-# (kernel, device, dtypes, knobs) signatures compiled in this process
+# (kernel graph, device, dtypes, knobs) signatures compiled in this process, and which lists each one writes
 _TRACED: set[tuple[Any, ...]] = set()
+_WRITTEN: dict[tuple[Any, ...], tuple[bool, ...]] = {}
+# why lists could not be arenas, said once each
+_NOT_ARENA_SAID: set[str] = set()
+# the synthetic bucket a kernel's graph is compiled on: inductor decides from these sizes which loops run in
+# parallel, so they are those of a large bucket (rows of 1024; tails of a few elements)
+_TRACE_NUMELS = (256 * 1024, 64 * 1024 + 5, 3)
 
 
 def _run_compiled(
@@ -216,56 +309,184 @@ def _run_compiled(
     tensors: Sequence[list[Tensor]],
     hyper: dict[str, Any],
     shared: int,
-    min_length: int,
+    stores: tuple[tuple[int, str], ...],
     inductor: tuple[tuple[str, Any], ...],
 ) -> None:
-    """The compiled single-tensor kernel over groups of ``GROUP`` parameters, each seen as a 1-D tensor.
+    """The single-tensor kernel in one compiled call over every parameter of the bucket (:mod:`._arena`).
 
     - Float hyperparameters go in as 0-d float64 tensors: a Python float would be baked into the graph, and a
       scheduled lr would recompile every step.
-    - Each tensor enters as a 1-D alias of its memory (:func:`_flat`), a parameter and its state sharing one
-      symbolic length; a one-element tensor (AdaShift's per-tensor v) is a length-1 alias (1-element, also
-      because torch 2.13's inductor drops in-place writes to a 0-d float64 CPU input).
-    - The graph is compiled by a first call on zero tensors of one large length (:data:`_TRACE_LENGTH`), not
-      on the model's first group: the sizes seen when compiling decide which loops run in parallel.
-    - The last group is padded with zero tensors of ``min_length`` (lengths 0 and 1 would be specialised).
-    - Parameters the aliases cannot cover (memory not contiguous in some list, fewer than ``min_length``
-      elements) take the foreach kernel: the same update.
+    - A shared tensor (Adai's sum) enters as a one-element alias (torch 2.13's inductor drops in-place writes to
+      a 0-d float64 CPU input).
+    - The graph is compiled by a first call on a synthetic bucket (:data:`_TRACE_NUMELS`), not on the model's:
+      the sizes seen when compiling decide which loops run in parallel.
+    - Parameters the arena cannot take (empty, or not contiguous in some list) take the foreach kernel.
     """
+    why = _arena.available()
+    if why is not None:
+        _compile_failed(single, RuntimeError(why))
+        multi(*tensors, **_unpacked(hyper))
+        _store(stores)
+        return
     n = len(tensors[0])
-    per, common = tensors[: len(tensors) - shared], tensors[len(tensors) - shared :]
-    listed = {k for k, v in hyper.items() if isinstance(v, list)}
-    fits = [i for i in range(n) if tensors[0][i].numel() >= min_length and all(ts[i].is_contiguous() for ts in per)]
-    rest = sorted(set(range(n)) - set(fits))
-    scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()}
-    flat_common = [[_flat(t) for t in ts] for ts in common]
-    fn = compiled(single, inductor)
-    done = 0  # parameters of ``fits`` updated so far: after a failed compilation, foreach takes the others
-    try:
-        signature = (single, tensors[0][0].device, *(ts[0].dtype for ts in tensors),
-                     *((k, None if v is None else type(v)) for k, v in scalars.items()))
-        if fits and signature not in _TRACED:
-            if single not in _ANNOUNCED:
-                _announce_compile(single, tensors[0])
-            templates = [_flat(ts[fits[0]]) for ts in per]
-            with _compile_settings(tensors[0][0].device):
-                fn(*[[_zeros(t, _TRACE_LENGTH) for _ in range(GROUP)] for t in templates],
-                   *[[torch.zeros_like(t) for t in ts] for ts in flat_common],
-                   **{k: [_zeros(_flat(v[fits[0]]), _TRACE_LENGTH) for _ in range(GROUP)] if k in listed else v
-                      for k, v in scalars.items()})
-            _TRACED.add(signature)
-        for start in range(0, len(fits), GROUP):
-            idx = fits[start : start + GROUP]
-            pad = GROUP - len(idx)
-            lists = [_padded([_flat(ts[i]) for i in idx], pad, min_length) for ts in per]
-            args = {k: _padded([_flat(v[i]) for i in idx], pad, min_length) if k in listed else v
-                    for k, v in scalars.items()}
-            fn(*lists, *flat_common, **args)
-            done += len(idx)
-    except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
-        _compile_failed(single, err)
-        rest = sorted(rest + fits[done:])
+    cut = len(tensors) - shared
+    named = [k for k, v in hyper.items() if isinstance(v, list)]
+    lists = [*tensors[:cut], *(hyper[k] for k in named)]
+    names = (*[None] * cut, *named)
+    numels = [p.numel() for p in tensors[0]]
+    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)
+            and all(targets[i].is_contiguous() for targets, _ in stores)]
+    rest = [i for i in range(n) if i not in set(fits)] if len(fits) < n else []
+    if fits:
+        sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
+        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
+                   if isinstance(v, PerTensor)}
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()
+                   if not isinstance(v, (list, PerTensor))}
+        store_pairs = [(sub(targets), values.values if len(fits) == n else values.values[fits])
+                       for targets, values in stores]
+        try:
+            _arena_call(single, [sub(ts) for ts in lists], names, sub(numels), tensors[cut:], vectors, scalars,
+                        hyper, store_pairs, inductor)
+        except _arena.NotArena as err:
+            _say_not_arena(single, err)
+            rest = list(range(n))
+        except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
+            _compile_failed(single, err)
+            rest = list(range(n))
     _foreach_on(multi, tensors, hyper, shared, rest)
+    _store(stores, rest)
+
+
+def _say_not_arena(fn: Callable[..., Any], err: Exception) -> None:
+    if str(err) not in _NOT_ARENA_SAID:
+        _NOT_ARENA_SAID.add(str(err))
+        warnings.warn(f"hf-adasam: {fn.__name__} runs its foreach kernel on a bucket with {err} (the compiled "
+                      "kernel updates every tensor of a bucket in place in one call)", RuntimeWarning, stacklevel=6)
+
+
+def _kinds(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> tuple[str, ...]:
+    kinds = []
+    for ts in lists:
+        if all(t.numel() == m for t, m in zip(ts, numels, strict=True)):
+            kinds.append(_arena.ELEM)
+        elif all(t.numel() == 1 for t in ts):
+            kinds.append(_arena.SCALAR)
+        else:
+            raise _arena.NotArena("a per-parameter list whose tensors are neither the parameters' size nor one element")
+    return tuple(kinds)
+
+
+def _signature(fn: Callable[..., Any], device: torch.device, *parts: Any, scalars: dict[str, Any]) -> tuple[Any, ...]:
+    """What a compiled graph is specialised on: the kernel, device, list kinds and dtypes, knobs (Python values)."""
+    return (fn, device, *parts, tuple((k, type(v), None if isinstance(v, Tensor) else v) for k, v in scalars.items()
+                                      if not isinstance(v, Tensor) or v.dim() != 0 or v.dtype != torch.float64))
+
+
+def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
+                numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
+                scalars: dict[str, Any], hyper: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
+                inductor: tuple[tuple[str, Any], ...]) -> None:
+    device = lists[0][0].device
+    kinds = _kinds(lists, numels)
+    dtypes = tuple(ts[0].dtype for ts in lists)
+    shared_dtypes = tuple(t.dtype for ts in common for t in ts)
+    store_dtypes = tuple((t[0].dtype, v.dtype) for t, v in stores)
+    sig = _signature(single, device, kinds, names, dtypes, shared_dtypes, store_dtypes,
+                     tuple((k, v.dtype) for k, v in vectors.items()), scalars=scalars)
+    written = _WRITTEN.get(sig)
+    if written is None:
+        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyper, device)
+    if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
+        raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
+                           "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
+    fn = compiled(_arena.elementwise_graph(single, kinds, names, written), inductor)
+    shared_flat = [[_flat(t) for t in ts] for ts in common]
+
+    def call(lists: list[list[Tensor]], numels: Sequence[int], shared: list[list[Tensor]], vectors: dict[str, Tensor],
+             stores: list[tuple[list[Tensor], Tensor]]) -> None:
+        lay = _arena.layout(tuple(numels), device)
+        ar = _arena.arenas(lists, written, lay.C, device)
+        st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
+        fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
+           vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0], [v for _, v in stores])
+
+    if sig not in _TRACED:
+        if single not in _ANNOUNCED:
+            _announce_compile(single, lists[0])
+        # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
+        m = len(_TRACE_NUMELS)
+        with _compile_settings(device):
+            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
+                  for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
+                 [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
+                 {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+                 [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
+                   torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
+        _TRACED.add(sig)
+    call(lists, numels, shared_flat, vectors, stores)
+
+
+def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kinds: tuple[str, ...],
+                  scalars: dict[str, Any], inductor: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """Per-tensor statistics of ``lists`` (per-parameter lists of the given kinds: :data:`._arena.ELEM`, the
+    parameter's size, or :data:`._arena.SCALAR`, one element) in one compiled call: ``fn(blocks, lay, numels,
+    **scalars)`` (:func:`._arena.reduction_graph`) returns ``[N]`` tensors. ``None`` where the arena cannot take
+    these lists (an empty or non-contiguous tensor, as the element-wise kernels' foreach fallback; other reasons
+    are said once) or ``fn`` cannot be compiled (said once); the caller then computes them with its foreach kernel.
+    """
+    if fn in _COMPILE_FAILED:
+        return None
+    why = _arena.available()
+    if why is not None:
+        _compile_failed(fn, RuntimeError(why))
+        return None
+    device = lists[0][0].device
+    numels = [t.numel() for t in lists[0]]
+    if not all(numels) or not all(t.is_contiguous() for ts in lists for t in ts):
+        return None
+    try:
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
+        sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
+        graph = compiled(_arena.reduction_graph(fn), inductor)
+
+        def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
+            lay = _arena.layout(tuple(numels), device)
+            ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
+            return graph(ar.reads, kinds, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+                         torch.tensor(numels, dtype=torch.int64).to(device), scalars)
+
+        if sig not in _TRACED:
+            if fn not in _ANNOUNCED:
+                _announce_compile(fn, lists[0])
+            with _compile_settings(device):
+                call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
+                       for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
+            _TRACED.add(sig)
+        return call(lists, numels)
+    except _arena.NotArena as err:
+        _say_not_arena(fn, err)
+    except _COMPILE_ERRORS as err:
+        _compile_failed(fn, err)
+    return None
+
+
+def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Sequence[str | None],
+                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyper: dict[str, Any],
+                   device: torch.device) -> tuple[bool, ...]:
+    """Which of the lists ``single`` writes: it runs once, eagerly, on one dummy parameter of two elements, and
+    a list was written if its tensor's version counter moved (kernels branch on knobs, never on tensor values)."""
+    dummies = [torch.zeros(2 if k == _arena.ELEM else 1, dtype=d, device=device)
+               for k, d in zip(kinds, dtypes, strict=True)]
+    versions = [t._version for t in dummies]
+    args = {k: [torch.zeros((), dtype=v.values.dtype, device=device)] if isinstance(v, PerTensor) else v
+            for k, v in hyper.items()}
+    args.update({n: [t] for t, n in zip(dummies, names, strict=True) if n is not None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single(*[[t] for t, n in zip(dummies, names, strict=True) if n is None],
+               *[[torch.zeros(1, dtype=d, device=device)] for d in shared_dtypes], **args)
+    return tuple(t._version != v for t, v in zip(dummies, versions, strict=True))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -278,22 +499,14 @@ def _flat(t: Tensor) -> Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-def _zeros(like: Tensor, length: int) -> Tensor:
-    """Zeros standing in for ``like`` (1-D): ``length`` of them, or one where ``like`` is one element."""
-    return torch.zeros(1 if like.numel() == 1 else length, dtype=like.dtype, device=like.device)
-
-
-def _padded(ts: list[Tensor], pad: int, length: int) -> list[Tensor]:
-    return ts + [_zeros(ts[0], length) for _ in range(pad)]
-
-
 @contextlib.contextmanager
 def _compile_settings(device: torch.device) -> Iterator[None]:
     """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
     later recompilation, after a guard fails, compiles without them: only slower, not different).
 
-    - No duck sizing: two parameters of a group that happen to share a length must not share a symbol, or
-      the graph would be specialised to that coincidence and compile again for the next group.
+    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
+      sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
+      row, runs the same graph.
     - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
       it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core machine
       before our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a
@@ -307,7 +520,8 @@ def _compile_settings(device: torch.device) -> Iterator[None]:
 
     probe = cpu_vec_isa.valid_vec_isa_list
     skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
-    with fx_config.patch(use_duck_shape=False), inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
+    with fx_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
+            inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
         try:
             yield
         finally:
@@ -369,7 +583,7 @@ def guard_trainers_if_loaded() -> None:
 # ----------------------------------------------------------------------------------------------
 # the base class
 # ----------------------------------------------------------------------------------------------
-class KernelOptimizer(torch.optim.Optimizer):
+class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
     """An optimizer whose step is a functional kernel over lists of tensors.
 
     Subclasses set ``state_buffers`` (names of per-parameter buffers created as ``zeros_like(p)``
@@ -448,7 +662,7 @@ class KernelOptimizer(torch.optim.Optimizer):
             self._said_sharded = True
             if is_main_process():
                 logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each "
-                            "rank's shards; %s", type(self).__name__, self.impl, self.sharded_statistics)
+                            "rank's shards; %s", type(self).__name__, self.kernel_impl, self.sharded_statistics)
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         raise NotImplementedError
@@ -459,11 +673,12 @@ class KernelOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            hyper = scalar_hyper(group)
-            for (_, _, step), params in self.gather(group).items():
-                self.say_if_sharded(params)
-                self.update_bucket(hyper, params, step)
+        with self.timed_step():
+            for group in self.param_groups:
+                hyper = scalar_hyper(group)
+                for (_, _, step), params in self.gather(group).items():
+                    self.say_if_sharded(params)
+                    self.update_bucket(hyper, params, step)
         return loss
 
 

@@ -19,6 +19,11 @@ NaN weights; otherwise the floor never acts.
 The state keeps :math:`1 - P_t` (``bias_correction1``), updated as
 :math:`1 - P_t = \beta_1 (1 - P_{t-1}) + (1 - \beta_1)`, and the kernels work with :math:`1-\beta_1`:
 both keep their relative precision in bfloat16, where :math:`\beta_1 = 1 - 10^{-3}` and :math:`P_t` round to 1.
+
+A step is two kernels: :math:`\sum \hat v` with :math:`v_t` computed on the fly (reads g and v, writes nothing),
+then the element-wise update, which computes :math:`v_t` again and stores it. Nothing is written between the two,
+so the compiled impl can run each as one call over all tensors (a kernel that read and wrote would need the
+written values back in order).
 """
 
 from __future__ import annotations
@@ -71,11 +76,16 @@ class Adai(KernelOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self.timed_step():
+            self._step_buckets()
+        return loss
+
+    def _step_buckets(self) -> None:
         buckets = [(scalar_hyper(group), params, step) for group in self.param_groups
                    for (_, _, step), params in self.gather(group).items()]
         if not buckets:
-            return loss
-        # phase 1: v of every bucket, and sum(v_hat) over all of them; v_bar needs every bucket first
+            return
+        # phase 1: sum(v_hat) over every bucket (v_t computed, not stored); v_bar needs every bucket first
         sums = [self.second_moment(group, params, step) for group, params, step in buckets]
         every = [p for _, params, _ in buckets for p in params]
         self.say_if_sharded(every)
@@ -91,13 +101,12 @@ class Adai(KernelOptimizer):
         # v_bar = 0 only when every v is 0 (a first step whose gradients are all zero, or g^2 underflowing):
         # the authors' code then divides 0/0 and every weight becomes NaN; the floor makes it a zero step
         vhat_mean = vhat_mean.clamp(min=torch.finfo(vhat_mean.dtype).tiny)
-        # phase 2: inertia, momentum and the step
+        # phase 2: v_t, inertia, momentum and the step
         for group, params, step in buckets:
             self.update_bucket(group, params, step, vhat_mean.to(params[0].device))
-        return loss
 
     def second_moment(self, group: dict[str, Any], params: list[Tensor], step: int) -> Tensor:
-        """Update v of one bucket; return its sum of v_hat as a 0-d tensor (no host sync)."""
+        """The sum of v_hat of one bucket (v_t as this step will make it) as a 0-d tensor (no host sync)."""
         acc_dtype = torch.promote_types(params[0].dtype, torch.float32)  # bf16 would round the sum
         total = torch.zeros((), dtype=acc_dtype, device=params[0].device)
         _, beta2 = group["betas"]
@@ -108,7 +117,7 @@ class Adai(KernelOptimizer):
             weight_decay=group["weight_decay"],
             bias_correction2=1 - beta2**step,
             coupled_decay=not group["decoupled"] and group["weight_decay"] != 0,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
         return total
 
@@ -121,18 +130,19 @@ class Adai(KernelOptimizer):
             *self.lists(params, *self.state_buffers),
             lr=group["lr"],
             beta0=beta0,
+            beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             bias_correction2=1 - beta2**step,
             vhat_mean=vhat_mean,
             coupled_decay=decay and not group["decoupled"],
             decoupled_decay=decay and group["decoupled"],
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 
 # ----------------------------------------------------------------------------------------------
-# phase 1: v_t and sum(v_hat)
+# phase 1: sum(v_hat), v_t computed on the fly (nothing written)
 # ----------------------------------------------------------------------------------------------
 def _single_tensor_adai_second_moment(
     params: list[Tensor],
@@ -149,8 +159,9 @@ def _single_tensor_adai_second_moment(
     for p, g, v in zip(params, grads, exp_avg_sqs, strict=True):
         if coupled_decay:
             g = g + p * weight_decay
-        v.mul_(beta2).add_(g * g * (1 - beta2))
-        total.add_(v.sum(dtype=total.dtype) / bias_correction2)
+        vt = v * beta2 + g * g * (1 - beta2)
+        # each row (last dimension) summed first, the rows in float64: a long float32 sum loses digits
+        total.add_(vt.sum(-1, dtype=total.dtype).sum(dtype=torch.float64) / bias_correction2)
 
 
 def _multi_tensor_adai_second_moment(
@@ -167,20 +178,21 @@ def _multi_tensor_adai_second_moment(
     (total,) = totals
     if coupled_decay:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=total.dtype)  # v >= 0, so its L1 norm is its sum
-    total.add_(torch.stack(sums).sum() / bias_correction2)
+    # sum(v_t) = beta2 sum(v) + (1 - beta2) sum(g^2): no copy of v; v >= 0, so its L1 norm is its sum
+    sums = torch._foreach_norm(exp_avg_sqs, 1, dtype=total.dtype)
+    squares = torch._foreach_norm(grads, 2, dtype=total.dtype)
+    torch._foreach_mul_(squares, squares)
+    total.add_((torch.stack(sums).sum() * beta2 + torch.stack(squares).sum() * (1 - beta2)) / bias_correction2)
 
 
 def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): v_t, and total += sum(v_hat)."""
-    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper,
-               shared=1, sums=True)
+    """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): total += sum(v_hat) (v_t computed, not
+    stored)."""
+    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper, shared=1)
 
 
 # ----------------------------------------------------------------------------------------------
-# phase 2: adaptive inertia, momentum, step
+# phase 2: v_t, adaptive inertia, momentum, step
 # ----------------------------------------------------------------------------------------------
 def _single_tensor_adai(
     params: list[Tensor],
@@ -191,6 +203,7 @@ def _single_tensor_adai(
     *,
     lr: float,
     beta0: float,
+    beta2: float,
     eps: float,
     weight_decay: float,
     bias_correction2: float,
@@ -201,6 +214,7 @@ def _single_tensor_adai(
     for p, g, m, v, bc1 in zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction1s, strict=True):
         if coupled_decay:
             g = g + p * weight_decay
+        v.mul_(beta2).add_(g * g * (1 - beta2))
         # 1 - beta1 = clamp(beta0 v_hat / v_bar, eps, 1), kept in that form: bf16 rounds beta1 = 1 - 1e-3
         # to 1. Two one-sided clamps, as torch.compile rejects clamp(<0-d tensor>, 1).
         one_minus_beta1 = (v / bias_correction2 / vhat_mean * beta0).clamp(min=eps).clamp(max=1)
@@ -220,6 +234,7 @@ def _multi_tensor_adai(
     *,
     lr: float,
     beta0: float,
+    beta2: float,
     eps: float,
     weight_decay: float,
     bias_correction2: float,
@@ -229,6 +244,8 @@ def _multi_tensor_adai(
 ) -> None:
     if coupled_decay:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
     # q = 1 - beta1 = clamp(beta0 * v_hat / v_bar, eps, 1)
     q = torch._foreach_mul(exp_avg_sqs, beta0 / bias_correction2)
     torch._foreach_div_(q, vhat_mean)
@@ -243,6 +260,7 @@ def _multi_tensor_adai(
 
 
 def adai(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``vhat_mean``."""
+    """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``vhat_mean``: v_t stored,
+    then the step."""
     run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper)
 

@@ -71,7 +71,7 @@ class AdaSAM(KernelOptimizer):
             bias_correction2_sqrt=math.sqrt(bc2),
             # sqrt(v_hat) >= eps, unless eps^2 underflowed in the param dtype (float16): then a floor
             denom_floor=denominator_floor(params[0].dtype, group["eps"]) / math.sqrt(bc2) or None,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 

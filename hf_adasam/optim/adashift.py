@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..sharding import Reduction, local
-from ._base import KernelOptimizer, check_betas, check_common, denominator_floor, run_kernel
+from ._arena import ELEM, SCALAR, PerTensor, segment_amax, segment_sum
+from ._base import KernelOptimizer, check_betas, check_common, denominator_floor, run_kernel, run_reduction
 
 __all__ = ["AdaShift", "adashift"]
 
@@ -111,7 +112,7 @@ class AdaShift(KernelOptimizer):
             phi=group["phi"],
             denom_floor=floor or None,
             stats=stats,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 
@@ -133,14 +134,77 @@ def _phi(sq: Tensor, phi: str) -> Tensor:
     return sq
 
 
-def _single_tensor_adashift(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
+# ----------------------------------------------------------------------------------------------
+# phase A (scalar phi): each tensor's v and gate; phase B: the element-wise step (phi = none: v and gate too)
+# ----------------------------------------------------------------------------------------------
+def _single_tensor_adashift_second_moment(
     exp_avg_sqs: list[Tensor],
     bias_correction2s: list[Tensor],
     oldest_grads: list[Tensor],
     *,
+    beta2: float,
+    phi: str,
+    stats: list[Tensor] | None = None,
+) -> None:
+    """Phase A with a scalar φ: each tensor's v_t = β2 v + (1-β2) φ(g_{t-n}²) and c (1 - β2^k, 0 while the gate is
+    closed). The gate z_t = (v_t > 0) or (c > 0) is then exactly c_t > 0, which phase B reads."""
+    for i, (v, c, old) in enumerate(zip(exp_avg_sqs, bias_correction2s, oldest_grads, strict=True)):
+        # stats: phi of each whole tensor, given when the tensors are shards (FSDP2)
+        v.mul_(beta2).add_((_phi(old * old, phi) if stats is None else stats[i]) * (1 - beta2))
+        gate = ((v > 0) | (c > 0)).to(v.dtype)  # z_t: once open, c > 0 keeps it open
+        c.mul_(beta2).add_(1 - beta2).mul_(gate)  # 1 - beta2^k, k counted from the opening
+
+
+def _multi_tensor_adashift_second_moment(
+    exp_avg_sqs: list[Tensor],
+    bias_correction2s: list[Tensor],
+    oldest_grads: list[Tensor],
+    *,
+    beta2: float,
+    phi: str,
+    stats: list[Tensor] | None = None,
+) -> None:
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    if stats is not None:  # phi of each whole tensor, given when the tensors are shards (FSDP2)
+        torch._foreach_add_(exp_avg_sqs, stats, alpha=1 - beta2)
+    else:  # max(g^2) = (max|g|)^2 and mean(g^2) = ||g||^2 / numel: one fused reduction per tensor
+        stat = torch._foreach_norm(oldest_grads, float("inf") if phi == "max" else 2)
+        torch._foreach_mul_(stat, stat)
+        if phi == "mean":
+            torch._foreach_div_(stat, [float(g.numel()) for g in oldest_grads])
+        torch._foreach_add_(exp_avg_sqs, stat, alpha=1 - beta2)
+    # gate z_t = sign(v + c) (both >= 0)
+    gate = torch._foreach_add(exp_avg_sqs, bias_correction2s)
+    torch._foreach_sign_(gate)
+    torch._foreach_mul_(bias_correction2s, beta2)
+    torch._foreach_add_(bias_correction2s, 1 - beta2)
+    torch._foreach_mul_(bias_correction2s, gate)
+
+
+def _arena_adashift_second_moment(blocks: list[Any], lay: tuple[Tensor, ...], numels: Tensor, *, beta2: float,
+                                  phi: str) -> tuple[Tensor, Tensor]:
+    """Phase A of the compiled impl: φ of every tensor by a segment reduction over its rows and tail elements, and
+    each tensor's new v and c as two ``[N]`` tensors (stored by phase B; nothing is written here)."""
+    (old_rows, old_tail), v, c = blocks  # v, c: per-tensor scalars, one value per tensor
+    acc = torch.promote_types(old_rows.dtype, torch.float32)
+    sq_rows, sq_tail = old_rows.to(acc).square(), old_tail.to(acc).square()
+    if phi == "max":
+        stat = segment_amax(sq_rows, sq_tail, lay, numels)
+    else:
+        stat = segment_sum(sq_rows, sq_tail, lay, numels) / numels
+    v = v * beta2 + stat.to(v.dtype) * (1 - beta2)
+    gate = ((v > 0) | (c > 0)).to(c.dtype)
+    return v, (c * beta2 + (1 - beta2)) * gate
+
+
+def _single_tensor_adashift(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    oldest_grads: list[Tensor],
+    *,
+    exp_avg_sqs: list[Tensor],
+    bias_correction2s: list[Tensor],
     lr: float,
     beta1: float,
     beta2: float,
@@ -150,14 +214,16 @@ def _single_tensor_adashift(
     window_sum: float,
     phi: str,
     denom_floor: float | None,
-    stats: list[Tensor] | None = None,
 ) -> None:
-    for i, (p, g, m, v, c, old) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, bias_correction2s, oldest_grads,
-                                                 strict=True)):
-        # stats: phi of each whole tensor, given when the tensors are shards (FSDP2)
-        v.mul_(beta2).add_((_phi(old * old, phi) if stats is None else stats[i]) * (1 - beta2))
-        gate = ((v > 0) | (c > 0)).to(v.dtype)  # z_t: once open, c > 0 keeps it open
-        c.mul_(beta2).add_(1 - beta2).mul_(gate)  # 1 - beta2^k, k counted from the opening
+    """Phase B. φ = none: v and c are element-wise and updated here; else phase A updated them (one per tensor)."""
+    for p, g, m, old, v, c in zip(params, grads, exp_avgs, oldest_grads, exp_avg_sqs, bias_correction2s,
+                                  strict=True):
+        if phi == "none":
+            v.mul_(beta2).add_(old * old * (1 - beta2))
+            gate = ((v > 0) | (c > 0)).to(v.dtype)  # z_t: once open, c > 0 keeps it open
+            c.mul_(beta2).add_(1 - beta2).mul_(gate)  # 1 - beta2^k, k counted from the opening
+        else:
+            gate = (c > 0).to(v.dtype)  # z_t (phase A)
         # m_t = sum_i w_i g_{t-i} kept as a running sum instead of re-reading the n stored gradients:
         # m_t = beta1 m_{t-1} + (g_t - beta1^n g_{t-n}) / sum_j beta1^j. A rounding error is multiplied
         # by beta1 < 1 at every later step, so errors stay bounded (no drift from the exact window sum).
@@ -176,10 +242,10 @@ def _multi_tensor_adashift(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    bias_correction2s: list[Tensor],
     oldest_grads: list[Tensor],
     *,
+    exp_avg_sqs: list[Tensor],
+    bias_correction2s: list[Tensor],
     lr: float,
     beta1: float,
     beta2: float,
@@ -189,25 +255,17 @@ def _multi_tensor_adashift(
     window_sum: float,
     phi: str,
     denom_floor: float | None,
-    stats: list[Tensor] | None = None,
 ) -> None:
-    torch._foreach_mul_(exp_avg_sqs, beta2)
     if phi == "none":
+        torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, oldest_grads, oldest_grads, 1 - beta2)
-    elif stats is not None:  # phi of each whole tensor, given when the tensors are shards (FSDP2)
-        torch._foreach_add_(exp_avg_sqs, stats, alpha=1 - beta2)
-    else:  # max(g^2) = (max|g|)^2 and mean(g^2) = ||g||^2 / numel: one fused reduction per tensor
-        stat = torch._foreach_norm(oldest_grads, float("inf") if phi == "max" else 2)
-        torch._foreach_mul_(stat, stat)
-        if phi == "mean":
-            torch._foreach_div_(stat, [float(g.numel()) for g in oldest_grads])
-        torch._foreach_add_(exp_avg_sqs, stat, alpha=1 - beta2)
-    # gate z_t = sign(v + c) (both >= 0); with a scalar phi these are 0-d tensors, one per param
-    gate = torch._foreach_add(exp_avg_sqs, bias_correction2s)
-    torch._foreach_sign_(gate)
-    torch._foreach_mul_(bias_correction2s, beta2)
-    torch._foreach_add_(bias_correction2s, 1 - beta2)
-    torch._foreach_mul_(bias_correction2s, gate)
+        gate = torch._foreach_add(exp_avg_sqs, bias_correction2s)  # z_t = sign(v + c) (both >= 0)
+        torch._foreach_sign_(gate)
+        torch._foreach_mul_(bias_correction2s, beta2)
+        torch._foreach_add_(bias_correction2s, 1 - beta2)
+        torch._foreach_mul_(bias_correction2s, gate)
+    else:  # with a scalar phi these are 0-d tensors, one per param (phase A updated them)
+        gate = torch._foreach_sign(bias_correction2s)
     # running window sum, see _single_tensor_adashift
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, grads, alpha=1 / window_sum)
@@ -229,6 +287,25 @@ def _multi_tensor_adashift(
     torch._foreach_addcdiv_(params, exp_avgs, denom, -lr)
 
 
-def adashift(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, 1 - beta2^k, oldest window gradient)."""
-    run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, tensors, hyper, sums=hyper["phi"] == "mean")
+def adashift(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+             bias_correction2s: list[Tensor], oldest_grads: list[Tensor], *, impl: str = "foreach", beta2: float,
+             phi: str, stats: list[Tensor] | None = None, **hyper: Any) -> None:
+    """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, 1 - beta2^k, oldest window gradient):
+    phase A (scalar phi: each tensor's v and c), then phase B (the element-wise step)."""
+    state: dict[str, Any] = dict(exp_avg_sqs=exp_avg_sqs, bias_correction2s=bias_correction2s)
+    stores: tuple[tuple[list[Tensor], PerTensor], ...] = ()
+    if phi != "none":
+        found = None
+        if impl == "compiled" and stats is None:
+            found = run_reduction(_arena_adashift_second_moment, [oldest_grads, exp_avg_sqs, bias_correction2s],
+                                  (ELEM, SCALAR, SCALAR), dict(beta2=beta2, phi=phi))
+        if found is None:  # phase A in place (given stats, FSDP2: scalar arithmetic, the foreach kernel's)
+            run_kernel("foreach" if impl == "compiled" else impl, _single_tensor_adashift_second_moment,
+                       _multi_tensor_adashift_second_moment, [exp_avg_sqs, bias_correction2s, oldest_grads],
+                       dict(beta2=beta2, phi=phi, stats=stats))
+        else:  # phase B reads the new v and c, and stores them
+            v, c = PerTensor(found[0]), PerTensor(found[1])
+            state = dict(exp_avg_sqs=v, bias_correction2s=c)
+            stores = ((exp_avg_sqs, v), (bias_correction2s, c))
+    run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, [params, grads, exp_avgs, oldest_grads],
+               dict(beta2=beta2, phi=phi, **state, **hyper), stores=stores)

@@ -100,7 +100,7 @@ class CPropAdam(KernelOptimizer):
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
             denom_floor=denominator_floor(params[0].dtype, group["eps"]) / math.sqrt(1 - beta2**step) or None,
             **_cprop_hyper(group, step, params[0].dtype),
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 
@@ -154,7 +154,7 @@ class CPropSGD(KernelOptimizer):
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
             **_cprop_hyper(group, step, params[0].dtype),
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 

@@ -116,7 +116,7 @@ class GenericAdam(KernelOptimizer):
             theta=float(theta),
             weight_decay=group["weight_decay"],
             floor=denominator_floor(params[0].dtype, 0.0),  # no eps in the denominator: sqrt(tiny) always
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 

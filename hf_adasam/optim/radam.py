@@ -8,27 +8,22 @@ state_steps) to :func:`~hf_adasam.optim._base.run_kernel`, whose three impls run
 
 - ``"single"``: ``torch.optim.radam._single_tensor_radam``, exactly as ``torch.optim.RAdam(foreach=False)``;
 - ``"foreach"``: ``torch.optim.radam._multi_tensor_radam``, exactly as ``torch.optim.RAdam(foreach=True)``;
-- ``"compiled"`` (the default where ``torch.compile`` works): ``_single_tensor_radam`` under
-  ``torch.compile``, with two arguments set so that it traces into one graph for every step:
-
-  * ``capturable=True``. The non-capturable path reads the step count into Python and branches on
-    ρ_t > 5 (a branch dynamo cannot trace on a tensor, and a Python step would recompile every step);
-    torch's capturable path computes the same quantities from the step *tensor* and selects with
-    ``torch.where``. The only arithmetic difference is the order of one product:
-    ``m̂·lr·(r_t·l_t)`` instead of ``m̂·lr·l_t·r_t`` (≤ 1 ulp per step; nothing changes on the first,
-    unrectified steps).
-  * the step count as a float64 0-d tensor (a copy of ``state["step"]``, written back after the kernel
-    incremented it). ``state["step"]`` is float32, as torch stores it; in float32 the capturable path
-    would compute 1−β^t and ρ_t in float32, where torch's reference computes them in Python (float64).
-
-  The group's constants (β1, β2, weight decay, ``decoupled_weight_decay``, ``maximize``) reach torch's
-  function as Python values (:class:`Constants`): it branches on ``weight_decay != 0`` and passes ``1 − β2``
-  as ``addcmul_``'s Python ``value``. ``lr`` and ``eps`` enter as 0-d tensors (``run_kernel``'s rule), so a
-  scheduled lr does not recompile; a scheduler that moves β (OneCycleLR's ``cycle_momentum``) does.
+- ``"compiled"``: the update of ``_single_tensor_radam`` in its capturable form (the rectified step selected by
+  ``torch.where``, so one graph serves every step) compiled in one call over all of a bucket's tensors
+  (hf-adasam's arena dispatch), with the step's scalars (1−β1^t, sqrt(1−β2^t), r_t and whether ρ_t > 5)
+  computed once per step in Python float64, as torch's own non-capturable path computes them
+  (:func:`step_scalars`; per tensor, on a float64 vector, when the tensors of a bucket are at different steps).
+  Inside torch's function they would be recomputed in every element's loop, or realised as whole arrays. Its
+  reference is ``torch.optim.RAdam``: within 1e-12 of the distance moved in float64 (tests/test_radam.py);
+  the only arithmetic differences are the order of one product (``m̂·lr·(r_t·l_t)``, as in torch's capturable
+  path) and the scalars' rounding to the parameters' dtype inside the loop. The state's step counts are
+  incremented after the kernel (one foreach call). The group's constants (β1, β2, weight decay,
+  ``decoupled_weight_decay``, ``maximize``) are Python values; ``lr``, ``eps`` and the step's scalars enter as
+  0-d tensors (``run_kernel``'s rule), so neither a scheduled lr nor the step count recompiles; a scheduler that
+  moves β (OneCycleLR's ``cycle_momentum``) does.
 
 The compiled kernel reads p, g, m, v and writes p, m, v once per step (7 accesses per element: the
-memory-traffic floor of an Adam-type update), with the step's scalars computed once per tensor
-(:data:`_INDUCTOR_CONFIG`).
+memory-traffic floor of an Adam-type update).
 
 float16 parameters: torch's ε = 1e-8 underflows to 0 in float16, so a coordinate whose gradient is always zero
 becomes 0/0 = NaN once the rectified steps start (step 6 for β2 = 0.999), in every impl, as in
@@ -46,7 +41,8 @@ from torch import Tensor
 from torch.optim import radam as _torch_radam
 
 from ..sharding import local
-from ._base import resolve_impl, run_kernel
+from ._arena import PerTensor
+from ._base import ImplChoice, resolve_impl, run_kernel
 
 __all__ = ["Constants", "RAdam", "radam"]
 
@@ -63,11 +59,12 @@ class Constants(NamedTuple):
     has_complex: bool = False
 
 
-class RAdam(torch.optim.RAdam):
+class RAdam(ImplChoice, torch.optim.RAdam):
     """``torch.optim.RAdam`` whose step runs torch's RAdam kernels through hf-adasam's kernel runner.
 
-    ``impl`` is ``"compiled"``, ``"foreach"`` or ``"single"`` (default: ``$HF_ADASAM_IMPL``, else
-    ``"compiled"``); torch's ``foreach=True/False`` without ``impl`` selects ``"foreach"``/``"single"``.
+    ``impl`` is ``"auto"``, ``"compiled"``, ``"foreach"`` or ``"single"`` (default: ``$HF_ADASAM_IMPL``, else
+    ``"auto"``: :class:`~hf_adasam.optim._base.ImplChoice`); torch's ``foreach=True/False`` without ``impl``
+    selects ``"foreach"``/``"single"``.
     ``differentiable=True`` runs ``torch.optim.RAdam.step`` itself.
     """
 
@@ -114,7 +111,7 @@ class RAdam(torch.optim.RAdam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with torch.no_grad():
+        with torch.no_grad(), self.timed_step():
             for group in self.param_groups:
                 self._step_group(group)
         return loss
@@ -149,7 +146,7 @@ class RAdam(torch.optim.RAdam):
                 eps=group["eps"],
                 constants=constants,
                 capturable=bool(group["capturable"]),
-                impl=self.impl,
+                impl=self.kernel_impl,
             )
 
 
@@ -165,22 +162,11 @@ def _single_tensor_radam(
     constants: Constants,
     capturable: bool = False,
 ) -> None:
-    """``torch.optim.radam._single_tensor_radam``; compiled, its capturable form on float64 step copies."""
-    if not torch.compiler.is_compiling():
-        _torch_radam._single_tensor_radam(
-            params, grads, exp_avgs, exp_avg_sqs, state_steps,
-            lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
-        )
-        return
-    # run_kernel passes a 0-d tensor as a 1-element view: back to 0-d, so that the step's scalars promote
-    # as torch's Python scalars do (a 0-d float64 does not make a float32 update float64)
-    steps = [s.to(torch.float64).reshape(()) for s in state_steps]
+    """``torch.optim.radam._single_tensor_radam``, as ``torch.optim.RAdam(foreach=False)`` calls it."""
     _torch_radam._single_tensor_radam(
-        params, grads, exp_avgs, exp_avg_sqs, steps,
-        lr=lr, eps=eps, capturable=True, differentiable=False, **constants._asdict(),
+        params, grads, exp_avgs, exp_avg_sqs, state_steps,
+        lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
     )
-    for s, t in zip(state_steps, steps, strict=True):
-        s.copy_(t)
 
 
 def _multi_tensor_radam(
@@ -202,15 +188,82 @@ def _multi_tensor_radam(
     )
 
 
-# Inductor inlines a pointwise value into each of its consumers unless a heuristic realizes it. The step's
-# scalars (β^t by two float64 pow, ρ_t, r_t, sqrt(1-β2^t): 0-d tensors read by every element) fall under
-# the CPU heuristic's thresholds, so by default every vector iteration of the element loop recomputes them
-# (4.2M float32 params: 116 ms a step against 17 ms with this setting). Realizing every reused pointwise value
-# computes them once per tensor; the element-wise values that are reused stay fused in the same loop (the
-# generated code allocates only 0-d buffers). Set whenever RAdam's kernel compiles (and only then).
-_INDUCTOR_OPTIONS = (("realize_opcount_threshold", 0),)
+def step_scalars(t: Any, beta1: float, beta2: float) -> dict[str, Any]:
+    """RAdam's per-step scalars at step ``t`` (after the increment), as torch's ``_single_tensor_radam`` computes them
+    (a float: in Python, float64; an ``[N]`` float64 tensor: per tensor, the same formulas): 1 - β1^t,
+    sqrt(1 - β2^t), the rectification r_t where ρ_t > 5 (else 0) and whether it applies (1 or 0)."""
+    bias_correction1 = 1 - beta1**t
+    bias_correction2 = 1 - beta2**t
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * (beta2**t) / bias_correction2
+    ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+    if isinstance(t, Tensor):
+        on = rho_t > 5.0
+        return dict(bias_correction1=bias_correction1, bias_correction2_sqrt=bias_correction2**0.5,
+                    rect=torch.where(on, ratio.clamp(min=0) ** 0.5, 0.0), rectified=on.to(t.dtype))
+    on = rho_t > 5.0
+    return dict(bias_correction1=bias_correction1, bias_correction2_sqrt=bias_correction2**0.5,
+                rect=ratio**0.5 if on else 0.0, rectified=1.0 if on else 0.0)
+
+
+def _compiled_radam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    lr: float | Tensor,
+    eps: float | Tensor,
+    constants: Constants,
+    bias_correction1: Any,
+    bias_correction2_sqrt: Any,
+    rect: Any,
+    rectified: Any,
+) -> None:
+    """The compiled impl's kernel: the update of torch's ``_single_tensor_radam`` in its capturable form (the
+    rectified step selected by ``torch.where``), with the step's scalars computed once per step
+    (:func:`step_scalars`) instead of inside every element's loop. ``torch.optim.RAdam`` is its reference
+    (tests/test_radam.py: within 1e-12 in float64)."""
+    beta1, beta2, weight_decay, decoupled, maximize, _ = constants
+    for i, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
+        bc1, bc2_sqrt, r, on = (x[i] if isinstance(x, list) else x
+                                for x in (bias_correction1, bias_correction2_sqrt, rect, rectified))
+        grad = -grad if maximize else grad
+        if weight_decay != 0:
+            if decoupled:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_corrected_exp_avg = exp_avg / bc1
+        # sqrt(v) + eps rounded to the state's dtype, as torch's in-place add_ stores it (float16: eps = 1e-8 is
+        # lost there, and a coordinate that never had a gradient becomes 0/0, as in torch.optim.RAdam)
+        adaptive_lr = bc2_sqrt / exp_avg_sq.sqrt().add(eps).to(exp_avg_sq.dtype)
+        update = torch.where(torch.as_tensor(on, device=param.device) > 0, r * adaptive_lr, 1.0)
+        param.add_(bias_corrected_exp_avg * lr * update, alpha=-1.0)
+
+
+# inductor computes float16/bfloat16 math in float32 and rounds only what it stores; torch's eager kernels round
+# every op's result. Emulating those roundings keeps the compiled kernel on torch's float16 behaviour (the
+# stored sqrt(v) + eps, above).
+_INDUCTOR_OPTIONS = (("emulate_precision_casts", True),)
 
 
 def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
     """Functional RAdam over lists (params, grads, exp_avgs, exp_avg_sqs, state_steps): torch's kernels."""
-    run_kernel(impl, _single_tensor_radam, _multi_tensor_radam, tensors, hyper, inductor=_INDUCTOR_OPTIONS)
+    constants: Constants = hyper["constants"]
+    if impl != "compiled" or constants.has_complex:
+        run_kernel("foreach" if impl == "compiled" else impl, _single_tensor_radam, _multi_tensor_radam, tensors,
+                   hyper)
+        return
+    *lists, state_steps = tensors
+    counts = torch.stack(state_steps).to(torch.float64)
+    lo, hi = counts.aminmax()
+    if counts.device.type == "cpu" and lo == hi:  # one step for the bucket (torch keeps the counts on the CPU)
+        scalars = step_scalars(float(lo) + 1, constants.beta1, constants.beta2)
+    else:
+        scalars = {k: PerTensor(v) for k, v in step_scalars(counts + 1, constants.beta1, constants.beta2).items()}
+    kernel = dict(lr=hyper["lr"], eps=hyper["eps"], constants=constants, **scalars)
+    run_kernel(impl, _compiled_radam, _compiled_radam, lists, kernel, inductor=_INDUCTOR_OPTIONS)
+    torch._foreach_add_(state_steps, 1)

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..sharding import Reduction
-from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel
+from ._arena import ELEM, PerTensor, segment_amin, segment_sum
+from ._base import KernelOptimizer, check_betas, check_common, check_range, denominator_floor, run_kernel, run_reduction
 
 __all__ = ["SETAdam", "set_adam"]
 
@@ -88,7 +89,7 @@ class SETAdam(KernelOptimizer):
             denom_floor=denominator_floor(params[0].dtype, min(group["eps"], (1 - group["tau"]) * group["eps"] ** 0.5))
             or None,
             **given,
-            impl=self.impl,
+            impl=self.kernel_impl,
         )
 
 
@@ -185,9 +186,9 @@ def _single_tensor_set_adam(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    *,
     scales: list[Tensor],
     shifts: list[Tensor],
-    *,
     lr: float,
     beta1: float,
     beta2: float,
@@ -196,13 +197,14 @@ def _single_tensor_set_adam(
     step_size: float,
     denom_floor: float | None = None,
 ) -> None:
-    """Phase 2, element-wise: the moments, then the step with phase 1's per-tensor S and τ min w."""
+    """Phase 2, element-wise: the moments, then the step with phase 1's per-tensor S and τ min w (0-d tensors,
+    which promote like Python scalars; the compiled impl gives them per row)."""
     for x, g, m, v, scale, shift in zip(params, grads, exp_avgs, exp_avg_sqs, scales, shifts, strict=True):
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).add_(g * g * (1 - beta2))
-        w = (v * scale.reshape(()) + eps).sqrt()  # E (0-d: promotes like a Python scalar)
+        w = (v * scale + eps).sqrt()  # E
         x.mul_(1 - lr * weight_decay)
-        denom = w - shift.reshape(())  # T
+        denom = w - shift  # T
         if denom_floor is not None:
             denom = denom.clamp(min=denom_floor)
         x.sub_(m / denom * step_size)
@@ -213,9 +215,9 @@ def _multi_tensor_set_adam(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
+    *,
     scales: list[Tensor],
     shifts: list[Tensor],
-    *,
     lr: float,
     beta1: float,
     beta2: float,
@@ -227,15 +229,32 @@ def _multi_tensor_set_adam(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    denom = torch._foreach_mul(exp_avg_sqs, [s.reshape(()) for s in scales])  # S
+    denom = torch._foreach_mul(exp_avg_sqs, scales)  # S
     torch._foreach_add_(denom, eps)
     torch._foreach_sqrt_(denom)  # E
-    torch._foreach_sub_(denom, [s.reshape(()) for s in shifts])  # T
+    torch._foreach_sub_(denom, shifts)  # T
     if denom_floor is not None:
         torch._foreach_clamp_min_(denom, denom_floor)
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
+
+
+def _arena_set_adam_scale(blocks: list[tuple[Tensor, Tensor]], lay: tuple[Tensor, ...], numels: Tensor, *,
+                          beta2: float, eps: float, power: float, tau: float, bias_correction2: float
+                          ) -> tuple[Tensor, Tensor]:
+    """Phase 1 of the compiled impl: every tensor's S and τ sqrt(min v_t S + ε) from segment reductions of v_t over
+    its rows and tail elements (:func:`~hf_adasam.optim._base.run_reduction`), as two ``[N]`` tensors."""
+    (g_rows, g_tail), (v_rows, v_tail) = blocks
+    acc = torch.promote_types(v_rows.dtype, torch.float32)
+    rows = (v_rows * beta2 + g_rows * g_rows * (1 - beta2)).to(acc)
+    tail = (v_tail * beta2 + g_tail * g_tail * (1 - beta2)).to(acc)
+    sums = segment_sum(rows, tail, lay, numels)
+    squares = segment_sum(rows * rows, tail * tail, lay, numels)
+    cos = sums / (numels.to(torch.float64).sqrt() * squares.sqrt().clamp(min=_TINY))
+    s = cos**power / bias_correction2
+    shift = (segment_amin(rows, tail, lay, numels).to(torch.float64) * s + eps).sqrt() * tau
+    return s.to(acc), shift.to(acc)
 
 
 def set_adam(
@@ -254,14 +273,21 @@ def set_adam(
     vmin_given: list[Tensor] | None = None,
     **hyper: Any,
 ) -> None:
-    """Functional SET-Adam over lists (params, grads, exp_avg, exp_avg_sq): phase 1 (per-tensor scalars), then
+    """Functional SET-Adam over lists (params, grads, exp_avgs, exp_avg_sqs): phase 1 (per-tensor scalars), then
     phase 2 (the element-wise step)."""
-    # one tensor each (not views of one buffer: a compiled graph treats inputs sharing memory as aliases)
-    acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
-    scales = [torch.empty(1, dtype=acc, device=v.device) for v in exp_avg_sqs]
-    shifts = [torch.empty(1, dtype=acc, device=v.device) for v in exp_avg_sqs]
-    run_kernel(impl, _single_tensor_set_adam_scale, _multi_tensor_set_adam_scale, [grads, exp_avg_sqs, scales, shifts],
-               dict(beta2=beta2, eps=eps, power=power, tau=tau, bias_correction2=bias_correction2,
-                    cos_given=cos_given, vmin_given=vmin_given), sums=True)
-    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam,
-               [params, grads, exp_avgs, exp_avg_sqs, scales, shifts], dict(beta2=beta2, eps=eps, **hyper))
+    knobs = dict(beta2=beta2, eps=eps, power=power, tau=tau, bias_correction2=bias_correction2)
+    found = None
+    if impl == "compiled" and cos_given is None:
+        found = run_reduction(_arena_set_adam_scale, [grads, exp_avg_sqs], (ELEM, ELEM), knobs)
+    if found is not None:
+        scales, shifts = found
+    else:
+        acc = torch.promote_types(exp_avg_sqs[0].dtype, torch.float32)
+        scales = torch.empty(len(params), dtype=acc, device=exp_avg_sqs[0].device)
+        shifts = torch.empty_like(scales)
+        # the per-tensor scalars given (FSDP2 shards): phase 1 is scalar arithmetic, the foreach kernel's
+        run_kernel("foreach" if impl == "compiled" else impl, _single_tensor_set_adam_scale,
+                   _multi_tensor_set_adam_scale, [grads, exp_avg_sqs, list(scales.unbind()), list(shifts.unbind())],
+                   dict(knobs, cos_given=cos_given, vmin_given=vmin_given))
+    run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, [params, grads, exp_avgs, exp_avg_sqs],
+               dict(beta2=beta2, eps=eps, scales=PerTensor(scales), shifts=PerTensor(shifts), **hyper))

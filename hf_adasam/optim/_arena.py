@@ -1,0 +1,297 @@
+"""Arena dispatch: one compiled call runs a kernel over all of a bucket's tensors, whatever their number.
+
+A kernel's tensors live wherever the model and autograd put them: hundreds of separate allocations (LoRA:
+448 adapter tensors at 7B shapes). Calling a compiled graph per tensor, or per few tensors, costs ~180 µs of
+dynamo/AOT wrappers a call on a CPU and a kernel launch a call on a GPU. Here instead each list of tensors (the
+params, the grads, each state buffer) is seen by the compiled graph as one *arena*: a tensor over the memory from
+the list's lowest to its highest address, with one offset per tensor (its distance from the arena's start, in
+elements). The graph cuts every tensor into rows of ``C`` elements plus a tail of ``numel % C`` single elements,
+gathers the rows by offset (each row contiguous, so the loop stays vectorised), runs the kernel's element-wise
+math on the gathered blocks and writes the results back to the same rows. So:
+
+- one call per kernel per step for any number of tensors, and the generated code does not grow with them
+  (the sizes are symbolic: one compilation serves every model);
+- the memory traffic is the kernel's own: rows are read and written in place, plus an offset per row (8 bytes
+  per ``C`` elements);
+- nothing about the tensors changes: the state keeps one tensor per parameter (``state_dict`` as before), and
+  parameters and gradients stay where they are.
+
+An arena is read through one tensor and written through another over the same memory, so that inductor fuses
+each row's reads, math and writes into one loop (through a single tensor it cannot prove that a gathered row and
+a scattered row are the same elements, and materialises every result first: 1.8x the time). That is safe under
+one rule, which every graph built here follows: a graph either only reads arenas (reductions), or is element-wise,
+each element written only by the loop iteration that read it; per-tensor scalars it writes come from graph inputs,
+never from values the graph read from their own arena. The differential net (tests/test_kernel_net.py) checks
+every kernel, dtype and knob against the float64 single-tensor path.
+
+The memory view of an arena needs a private torch function (``torch._C._construct_storage_from_data_pointer``,
+which inductor's CUDA graphs use for the same purpose). It is used only here; :func:`available` checks it once,
+and without it the compiled impl falls back to the foreach kernels with a warning saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# how a list of tensors maps onto the parameters
+ELEM = "elem"  # one tensor per parameter, of the parameter's size (params, grads, state buffers)
+SCALAR = "scalar"  # one one-element tensor per parameter (per-tensor state: AdaShift's v, RAdam's step)
+
+TESTED_TORCH = ((2, 13),)  # torch versions whose private function below was checked
+ROW_CHOICES = (1024, 512, 256, 128, 64, 32, 16)  # candidate row lengths C, largest first
+
+
+class PerTensor:
+    """A hyperparameter with one value per parameter, held as one ``[N]`` tensor.
+
+    The single-tensor and foreach kernels get it as a list of 0-d tensors (:meth:`values_list`); the arena
+    gathers it per row, so the kernel sees a ``[rows, 1]`` block (and ``[tail]`` for the tail elements)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values
+
+    def values_list(self) -> list[Tensor]:
+        return list(self.values.unbind())
+
+
+# ----------------------------------------------------------------------------------------------
+# the one private torch function
+# ----------------------------------------------------------------------------------------------
+@functools.cache
+def available() -> str | None:
+    """``None`` when arenas can be built with this torch; else why not (the caller warns and uses foreach)."""
+    if not hasattr(torch._C, "_construct_storage_from_data_pointer"):
+        return (f"torch {torch.__version__} has no torch._C._construct_storage_from_data_pointer (checked with "
+                f"torch {', '.join('.'.join(map(str, v)) for v in TESTED_TORCH)})")
+    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if version not in TESTED_TORCH:
+        warnings.warn(f"hf-adasam: arena dispatch uses torch._C._construct_storage_from_data_pointer, checked with "
+                      f"torch {', '.join('.'.join(map(str, v)) for v in TESTED_TORCH)}; this is torch "
+                      f"{torch.__version__}. The differential net (tests/test_kernel_net.py) says whether it still "
+                      "holds.", RuntimeWarning, stacklevel=4)
+    return None
+
+
+def _view(ptr: int, span: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A ``(span, cols)`` tensor over the memory at ``ptr``, row ``i`` starting at element ``i`` (strides 1, 1).
+
+    A new storage object each time: two views of the same memory are, to the compiler, two unrelated inputs."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    storage = torch._C._construct_storage_from_data_pointer(ptr, device, (span + cols - 1) * itemsize)
+    return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, (span, cols), (1, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts: rows and tail of a bucket
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """How the bucket's ``numels`` are cut: rows of ``C`` elements (tensor id, start in the tensor) and tail
+    elements (tensor id, position in the tensor), as int64 tensors on the device."""
+
+    C: int
+    tid_rows: Tensor
+    start_rows: Tensor
+    tid_tail: Tensor
+    pos_tail: Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.tid_rows.numel()
+
+
+def row_length(numels: Sequence[int]) -> int:
+    """The largest candidate row length whose tails (``numel % C`` of each tensor) hold at most 1/64 of the
+    elements; the smallest candidate if none does (then most elements are tails: small tensors)."""
+    total = sum(numels)
+    for c in ROW_CHOICES:
+        if 64 * sum(n % c for n in numels) <= total:
+            return c
+    return ROW_CHOICES[-1]
+
+
+_LAYOUTS: dict[tuple[Any, ...], Layout] = {}
+
+
+def layout(numels: tuple[int, ...], device: torch.device) -> Layout:
+    key = (device, numels)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        if len(_LAYOUTS) > 64:  # a process that builds many optimizers: keep the recent ones
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        c = row_length(numels)
+        n = torch.tensor(numels, dtype=torch.int64)
+        ids = torch.arange(len(numels))
+        full, tail = n // c, n % c
+        tid_rows = ids.repeat_interleave(full)
+        first_row = (full.cumsum(0) - full).repeat_interleave(full)
+        start_rows = (torch.arange(tid_rows.numel()) - first_row) * c
+        tid_tail = ids.repeat_interleave(tail)
+        first_tail = (tail.cumsum(0) - tail).repeat_interleave(tail)
+        pos_tail = full[tid_tail] * c + torch.arange(tid_tail.numel()) - first_tail
+        found = _LAYOUTS[key] = Layout(c, *(t.to(device) for t in (tid_rows, start_rows, tid_tail, pos_tail)))
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# arenas: the lists as the graph sees them
+# ----------------------------------------------------------------------------------------------
+class NotArena(Exception):
+    """These lists cannot be seen as arenas (say why); the caller runs the foreach kernel on them."""
+
+
+@dataclass
+class Arenas:
+    """The graph's inputs for ``lists``: a read view and (for written lists) a write view per list, and the
+    offsets of every tensor (``[lists, N]`` int64)."""
+
+    reads: list[Tensor]
+    writes: list[Tensor | None]
+    offsets: Tensor
+
+
+def arenas(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], cols: int, device: torch.device) -> Arenas:
+    """Views over ``lists`` (each of ``N`` contiguous tensors of one dtype on ``device``).
+
+    Raises :class:`NotArena` if a tensor is not contiguous, a list mixes dtypes, or two tensors of a written list
+    overlap (an in-place update of shared memory is sequential in foreach, a race here)."""
+    reads, writes, offsets = [], [], []
+    for ts, write in zip(lists, written, strict=True):
+        dtype = ts[0].dtype
+        itemsize = ts[0].element_size()
+        ptrs, ends = [], []
+        for t in ts:
+            if t.dtype != dtype or not t.is_contiguous() or t.device != device:
+                raise NotArena("a tensor that is not contiguous, or not of its list's dtype and device")
+            ptr = t.data_ptr()
+            ptrs.append(ptr)
+            ends.append(ptr + t.numel() * itemsize)
+        base, end = min(ptrs), max(ends)
+        offs = [p - base for p in ptrs]
+        if any(o % itemsize for o in offs):
+            raise NotArena("a tensor not aligned to its element size")
+        if write and len(ts) > 1:
+            order = sorted(range(len(ts)), key=ptrs.__getitem__)
+            if any(ends[i] > ptrs[j] for i, j in itertools.pairwise(order)):
+                raise NotArena("two parameters whose tensors overlap in memory")
+        span = max((end - base) // itemsize, 1)
+        reads.append(_view(base, span, cols, dtype, device))
+        writes.append(_view(base, span, cols, dtype, device) if write else None)
+        offsets.append([o // itemsize for o in offs])
+    offs = torch.tensor(offsets, dtype=torch.int64)
+    return Arenas(reads, writes, offs.to(device, non_blocking=True) if device.type != "cpu" else offs)
+
+
+# ----------------------------------------------------------------------------------------------
+# the graph
+# ----------------------------------------------------------------------------------------------
+# ``lay`` in a graph: the layout's four tensors (tid_rows, start_rows, tid_tail, pos_tail)
+Lay = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def gather(arena: Tensor, kind: str, offs: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
+    """A list's rows block ``[R, C]`` and tail block ``[T]`` (a per-tensor scalar list: ``[R, 1]`` and ``[T]``)."""
+    tid_rows, start_rows, tid_tail, pos_tail = lay
+    if kind == ELEM:
+        return arena[offs[tid_rows] + start_rows], arena[offs[tid_tail] + pos_tail, 0]
+    return arena[offs[tid_rows], :1], arena[offs[tid_tail], 0]
+
+
+def scatter(arena: Tensor, offs: Tensor, lay: Lay, rows: Tensor, tail: Tensor) -> None:
+    """Write a list's rows and tail blocks back (``arena``: the list's write view)."""
+    tid_rows, start_rows, tid_tail, pos_tail = lay
+    arena.index_put_((offs[tid_rows] + start_rows,), rows)
+    at = offs[tid_tail] + pos_tail
+    arena.index_put_((at, torch.zeros_like(at)), tail)
+
+
+def same_rows(*views: Tensor | None) -> None:
+    """Tell the compiler that every arena view has rows of the same length ``C`` (it cannot know: each input has
+    its own size symbol). With one symbol, every list's rows are one loop, so each element is read, computed and
+    written by one iteration; with several, inductor makes a loop per list (slower, and the written values would
+    no longer be computed before the loop that writes them over)."""
+    views = [v for v in views if v is not None]
+    for v in views[1:]:
+        torch._check(v.shape[1] == views[0].shape[1])
+
+
+def per_tensor(values: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
+    """An ``[N]`` per-tensor vector as rows ``[R, 1]`` and tail ``[T]`` blocks."""
+    return values[lay[0]].unsqueeze(1), values[lay[2]]
+
+
+@functools.cache
+def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names: tuple[str | None, ...],
+                      written: tuple[bool, ...]) -> Callable[..., None]:
+    """The graph of an element-wise kernel: gather every list's blocks, run ``single`` on the two blocks (rows,
+    tail) as if they were two tensors, scatter the written lists back, then store per-tensor values.
+
+    ``names``: per list, ``None`` for a positional list or the hyperparameter it is passed as. Stores: per-tensor
+    scalar lists (write views and offsets) set from ``[N]`` inputs; the kernel never reads them."""
+
+    def graph(reads: list[Tensor], writes: list[Tensor | None], offsets: Tensor, lay: Lay, shared: list[list[Tensor]],
+              vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor], store_offsets: Tensor,
+              store_values: list[Tensor]) -> None:
+        same_rows(*reads, *writes)
+        blocks = [list(gather(a, k, offsets[i], lay)) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
+        positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
+        hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
+                 **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
+        single(*positional, *shared, **hyper)
+        for i, w in enumerate(writes):
+            if w is not None and written[i]:
+                scatter(w, offsets[i], lay, *blocks[i])
+        for i, (w, v) in enumerate(zip(store_to, store_values, strict=True)):
+            at = store_offsets[i]
+            w.index_put_((at, torch.zeros_like(at)), v.to(w.dtype))
+
+    graph.__name__ = graph.__qualname__ = f"arena_{single.__name__}"
+    return graph
+
+
+@functools.cache
+def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The graph of a per-tensor reduction ``fn(blocks, lay, numels, **scalars) -> [N] tensors``: it only reads
+    (``blocks``: per element list, its rows and tail blocks; per per-tensor scalar list, its ``[N]`` values;
+    ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
+
+    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, lay: Lay, numels: Tensor,
+              scalars: dict[str, Any]) -> Any:
+        same_rows(*reads)
+        blocks = [gather(a, k, offsets[i], lay) if k == ELEM else a[offsets[i], 0]
+                  for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
+        return fn(blocks, lay, numels, **scalars)
+
+    graph.__name__ = graph.__qualname__ = f"arena_{fn.__name__}"
+    return graph
+
+
+def segment_sum(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the sum of its elements (given as rows and tail blocks), in float64: each row summed first."""
+    out = torch.zeros(n.shape[0], dtype=torch.float64, device=rows.device)
+    out = out.index_add(0, lay[0], rows.sum(1, dtype=torch.float64))
+    return out.index_add(0, lay[2], tail.to(torch.float64))
+
+
+def segment_amin(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the minimum of its elements (``+inf`` for a tensor without any)."""
+    out = torch.full((n.shape[0],), float("inf"), dtype=rows.dtype, device=rows.device)
+    out = out.scatter_reduce(0, lay[0], rows.amin(1), "amin")
+    return out.scatter_reduce(0, lay[2], tail, "amin")
+
+
+def segment_amax(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
+    """Per tensor, the maximum of its elements (``-inf`` for a tensor without any)."""
+    out = torch.full((n.shape[0],), float("-inf"), dtype=rows.dtype, device=rows.device)
+    out = out.scatter_reduce(0, lay[0], rows.amax(1), "amax")
+    return out.scatter_reduce(0, lay[2], tail, "amax")

@@ -1,0 +1,258 @@
+"""Dispatch that does not grow with the number of tensors (the compiled impl's arena calls), and the automatic choice
+between the foreach and compiled kernels.
+
+- Per step, the compiled impl makes as many compiled calls, and as many calls into torch's dispatcher in all, at
+  500 tensors as at 100: counted by torch's profiler (its ``Torch-Compiled Region`` events and the outermost aten
+  ops), not by hf-adasam's own code. (The grouped design this replaced made one call per two tensors: 50 and 250.)
+- The arena's layout covers every element of every tensor exactly once (against an element-by-element count).
+- A bucket mixing tensors the arena takes with strided ones, and parameters that overlap in memory, give the
+  float64 single-tensor path's result.
+- SAM's and ASAM's compiled tensor work equals the foreach form's, and restores w bit for bit.
+- ``impl="auto"``: the foreach kernels until the optimizer has spent ``AUTO_SWITCH_S`` in steps, then compiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import hf_adasam
+from hf_adasam.optim import _arena, _base
+from hf_adasam.sharpness.perturbation import Perturbation
+
+pytestmark = pytest.mark.usefixtures("compiled_means_compiled")
+
+
+def _shapes(n: int) -> list[tuple[int, ...]]:
+    """``n`` small tensors of varied sizes: rows and tails, 1-D and 2-D (LoRA-like A/B pairs and biases)."""
+    out: list[tuple[int, ...]] = []
+    for i in range(n):
+        out.append(((4, 16 + i % 5), (24 + i % 7, 4), (i % 9 + 1,))[i % 3])
+    return out
+
+
+def _model(n: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g).requires_grad_() for s in _shapes(n)]
+    return params, [{"params": [p for p in params if p.dim() > 1], "weight_decay": 0.01},
+                    {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+
+
+def _set_grads(params: list[torch.Tensor], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * 1e-2
+
+
+def _counts(step) -> tuple[int, int]:
+    """(compiled-graph calls, outermost dispatcher calls: aten ops and compiled calls not inside another) of one
+    call of ``step``, from torch's profiler."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+
+    def counted(e) -> bool:
+        return e.name.startswith(("aten::", "Torch-Compiled Region"))
+
+    def outermost(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if counted(p):
+                return False
+            p = p.cpu_parent
+        return True
+
+    calls = [e for e in prof.events() if counted(e) and outermost(e)]
+    return sum(e.name.startswith("Torch-Compiled Region") for e in calls), len(calls)
+
+
+EXTRA = {"adai": {"lr": 0.1}, "adaiw": {"lr": 0.1}, "cprop_sgd": {"lr": 0.1, "momentum": 0.9}}
+
+
+@pytest.mark.parametrize("name", sorted(hf_adasam.OPTIMIZERS))
+def test_compiled_calls_per_step_are_the_same_at_100_and_500_tensors(name: str) -> None:
+    counts = {}
+    for n in (100, 500):
+        params, groups = _model(n)
+        opt = hf_adasam.create_optimizer(name, groups, impl="compiled", **{"lr": 1e-3, **EXTRA.get(name, {})})
+        for t in range(12):  # past AdaShift's window (n = 10), whose first steps only fill it
+            _set_grads(params, t)
+            opt.step()
+        _set_grads(params, 99)
+        counts[n] = _counts(opt.step)
+    compiled_100 = counts[100][0]
+    assert 1 <= compiled_100 <= 2 * 2, counts  # one or two kernels per step, per param group (two groups)
+    assert counts[100] == counts[500], f"{name}: (compiled calls, dispatcher calls) per step {counts}"
+
+
+def test_the_sam_ops_make_the_same_calls_at_100_and_500_tensors() -> None:
+    counts = {}
+    for n in (100, 500):
+        params, _ = _model(n)
+        _set_grads(params, 0)
+        grads = [p.grad for p in params]
+        for adaptive in (False, True):
+            pert = Perturbation(0.05, adaptive=adaptive, impl="compiled")
+
+            def ops(pert=pert, params=params, grads=grads) -> None:
+                with torch.no_grad():
+                    pert.perturb(params, grads, pert.grad_norm(grads))
+                    pert.restore(params)
+
+            ops()
+            counts[(n, adaptive)] = _counts(ops)
+    for adaptive in (False, True):
+        compiled, _ = counts[(100, adaptive)]
+        assert compiled == (4 if adaptive else 3), counts  # ||g||, (ASAM's norms), save and move, restore
+        assert counts[(100, adaptive)] == counts[(500, adaptive)], counts
+
+
+@pytest.mark.parametrize("numels", [(1,), (16,), (15, 17, 1024, 1, 33), (4096,) * 3 + (7,), (3, 5, 7, 11)])
+def test_the_layout_covers_every_element_exactly_once(numels: tuple[int, ...]) -> None:
+    lay = _arena.layout(numels, torch.device("cpu"))
+    seen = [torch.zeros(n, dtype=torch.int64) for n in numels]
+    for t, start in zip(lay.tid_rows.tolist(), lay.start_rows.tolist(), strict=True):
+        seen[t][start : start + lay.C] += 1
+        assert start + lay.C <= numels[t]
+    for t, pos in zip(lay.tid_tail.tolist(), lay.pos_tail.tolist(), strict=True):
+        seen[t][pos] += 1
+    assert all(bool((s == 1).all()) for s in seen)
+    tails = sum(n % lay.C for n in numels)
+    assert lay.tid_tail.numel() == tails and lay.rows * lay.C + tails == sum(numels)
+
+
+def _float64_run(impl: str, params: list[torch.Tensor], steps: int = 6) -> list[torch.Tensor]:
+    opt = hf_adasam.create_optimizer("adasam", [{"params": params, "weight_decay": 0.1}], lr=1e-2, impl=impl)
+    for t in range(steps):
+        g = torch.Generator().manual_seed(t)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_a_bucket_mixing_contiguous_and_strided_tensors_equals_the_single_tensor_path() -> None:
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(40, 24), (17,), (33, 31), (64,)]]
+
+    def leaves() -> list[torch.Tensor]:
+        out = [x.clone() for x in base]
+        out[2] = out[2].t().contiguous().t()  # strided: takes the foreach kernel, the others one arena call
+        return [x.requires_grad_() for x in out]
+
+    want, got = _float64_run("single", leaves()), _float64_run("compiled", leaves())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+def test_parameters_overlapping_in_memory_take_foreach_with_a_warning(monkeypatch) -> None:
+    """Elements 16..31 belong to both parameters: foreach updates them once per parameter, op by op; updating
+    both in place in one call would race, so the compiled impl runs the foreach kernel, and says so."""
+    monkeypatch.setattr(_base, "_NOT_ARENA_SAID", set())
+
+    def leaves() -> list[torch.Tensor]:
+        buf = torch.arange(48, dtype=torch.float64) / 48
+        return [torch.nn.Parameter(buf[:32].view(4, 8)), torch.nn.Parameter(buf[16:].view(4, 8))]
+
+    want = _float64_run("foreach", leaves())
+    with pytest.warns(RuntimeWarning, match="overlap in memory"):
+        got = _float64_run("compiled", leaves())
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("adaptive", "scope"), [(False, "all"), (True, "all"), (True, "weights")])
+def test_compiled_sam_ops_equal_the_foreach_ones_and_restore_bit_for_bit(adaptive: bool, scope: str,
+                                                                          dtype: torch.dtype) -> None:
+    shapes = [(40, 24), (17,), (33, 31), (64,), (2, 1000), ()]
+    g = torch.Generator().manual_seed(1)
+    x0 = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    grads = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    runs = {}
+    for impl in ("foreach", "compiled"):
+        params = [x.clone() for x in x0]
+        pert = Perturbation(0.05, adaptive=adaptive, asam_scope=scope, impl=impl)
+        pert.set_names([(f"layer{i}.{'weight' if i % 2 == 0 else 'bias'}", p) for i, p in enumerate(params)])
+        norm = pert.grad_norm(grads)
+        enorm = pert.perturb(params, grads, norm)
+        moved = [p.clone() for p in params]
+        pert.restore(params)
+        assert all(torch.equal(p, x) for p, x in zip(params, x0, strict=True)), f"{impl}: w not restored exactly"
+        runs[impl] = float(norm), enorm, moved
+    (n_f, e_f, w_f), (n_c, e_c, w_c) = runs["foreach"], runs["compiled"]
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert n_c == pytest.approx(n_f, rel=tol) and e_c == pytest.approx(e_f, rel=tol)
+    # the moved w: the same up to the rounding of w + e (two units in the last place of the largest |w|)
+    ulp = torch.finfo(dtype).eps * max(x.abs().max().item() for x in x0)
+    assert max((a - b).abs().max().item() for a, b in zip(w_c, w_f, strict=True)) <= 2 * ulp
+    if not adaptive:  # ||e|| = rho for SAM
+        assert e_c == pytest.approx(0.05, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# impl="auto"
+# ----------------------------------------------------------------------------------------------
+def test_the_default_impl_is_auto_unless_the_environment_says_otherwise(monkeypatch) -> None:
+    monkeypatch.delenv(_base.IMPL_ENV, raising=False)
+    assert _base.default_impl() == "auto"
+    assert hf_adasam.AdaSAM([torch.zeros(2, requires_grad=True)]).impl == "auto"
+    monkeypatch.setenv(_base.IMPL_ENV, "foreach")
+    assert hf_adasam.AdaSAM([torch.zeros(2, requires_grad=True)]).impl == "foreach"
+    with pytest.raises(ValueError, match="allowed values are auto, compiled, foreach, single"):
+        hf_adasam.AdaSAM([torch.zeros(2, requires_grad=True)], impl="fast")
+
+
+@pytest.mark.parametrize("name", ["adasam", "radam", "adai"])
+def test_auto_runs_foreach_until_the_budget_is_spent_then_compiled(monkeypatch, name: str) -> None:
+    """With a budget of one step, step 1 runs foreach and every later step compiled: the trajectory is the
+    foreach kernel's for one step, then the compiled one's (float64: both equal the single-tensor path)."""
+    monkeypatch.setattr(_base, "AUTO_SWITCH_S", 1e-9)
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    monkeypatch.setattr(_base, "_AUTO_SAID", [])
+    keep = Keep()
+    logging.getLogger("hf_adasam").addHandler(keep)
+    try:
+        runs = {}
+        for impl in ("single", "auto"):
+            params, groups = _model(30, seed=4)
+            params = [p.detach().double().requires_grad_() for p in params]
+            groups = [{"params": params[: len(params) // 2], "weight_decay": 0.01},
+                      {"params": params[len(params) // 2 :]}]
+            opt = hf_adasam.create_optimizer(name, groups, impl=impl, **{"lr": 1e-3, **EXTRA.get(name, {})})
+            used = []
+            for t in range(4):
+                used.append(opt.kernel_impl)
+                _set_grads(params, t)
+                opt.step()
+            runs[impl] = [p.detach() for p in params], used
+    finally:
+        logging.getLogger("hf_adasam").removeHandler(keep)
+    assert runs["auto"][1] == ["foreach", "compiled", "compiled", "compiled"]
+    for a, b in zip(runs["auto"][0], runs["single"][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert sum("impl=auto" in line and "then compiles them once" in line for line in lines) == 1, lines
+    assert any("compiling its kernels (impl=auto)" in line for line in lines), lines
+
+
+def test_auto_never_compiles_a_run_shorter_than_the_budget(monkeypatch) -> None:
+    monkeypatch.setattr(_base, "AUTO_SWITCH_S", math.inf)
+    monkeypatch.setattr(_base, "compiled", lambda *a, **k: pytest.fail("auto compiled within its budget"))
+    params, groups = _model(40)
+    opt = hf_adasam.create_optimizer("set_adam", groups, lr=1e-3, impl="auto")
+    pert = Perturbation(0.05, impl="auto")
+    for t in range(5):
+        _set_grads(params, t)
+        grads = [p.grad for p in params]
+        with torch.no_grad():
+            pert.perturb(params, grads, pert.grad_norm(grads))
+            pert.restore(params)
+        opt.step()
+    assert opt.kernel_impl == pert.kernel_impl == "foreach"
