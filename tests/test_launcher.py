@@ -197,8 +197,15 @@ def test_boolean_sam_flags_need_no_value(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_without_use_cpu_is_refused_while_parsing_before_the_model_loads(script, tmp_path) -> None:
+    import transformers
+    from packaging.version import Version
+
     from .test_distributed import _free_port
 
+    if Version(transformers.__version__) < Version("5.25"):
+        # checked: with 5.6.0 (CI's floor) TrainingArguments sets up the CPU process group itself under torchrun, so
+        # the job trains as one 2-rank DDP job and there is nothing to refuse; 5.25.0 sees one process per rank
+        pytest.skip(f"transformers {transformers.__version__}: torchrun without --use_cpu trains as DDP on the CPU")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                            "127.0.0.1", "--master_port", str(_free_port()), "-m", "hf_adasam", str(script),
