@@ -391,21 +391,22 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         lay = _arena.layout(tuple(numels), device)
         ar = _arena.arenas(lists, written, lay.C, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
-        fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
-           vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0], [v for _, v in stores])
+        with _compile_settings(device):
+            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
+               vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
+               [v for _, v in stores])
 
     if sig not in _TRACED:
         if single not in _ANNOUNCED:
             _announce_compile(single, lists[0])
         # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
         m = len(_TRACE_NUMELS)
-        with _compile_settings(device):
-            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
-                  for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
-                 [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
-                 {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
-                 [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
-                   torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
+        call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
+              for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
+             [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
+             {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+             [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
+               torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
         _TRACED.add(sig)
     call(lists, numels, shared_flat, vectors, stores)
 
@@ -436,15 +437,16 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
             ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
-            return graph(ar.reads, kinds, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
-                         torch.tensor(numels, dtype=torch.int64).to(device), scalars)
+            with _compile_settings(device):
+                return graph(ar.reads, kinds, ar.offsets,
+                             (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+                             torch.tensor(numels, dtype=torch.int64).to(device), scalars)
 
         if sig not in _TRACED:
             if fn not in _ANNOUNCED:
                 _announce_compile(fn, lists[0])
-            with _compile_settings(device):
-                call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
-                       for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
+            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
+                   for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
             _TRACED.add(sig)
         return call(lists, numels)
     except _arena.NotArena as err:
@@ -484,8 +486,9 @@ def _flat(t: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def _compile_settings(device: torch.device) -> Iterator[None]:
-    """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
-    later recompilation, after a guard fails, compiles without them: only slower, not different).
+    """Settings for compiling our kernels, in force around every call of a compiled kernel (~30 µs), so that a
+    recompilation (a guard that fails, ``torch._dynamo.reset()``) compiles with them too. The first call of a
+    signature compiles on a synthetic bucket; a recompilation compiles on the sizes of the call that needs it.
 
     - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
       sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
