@@ -292,7 +292,7 @@ def _run_compiled(
     tensors: Sequence[list[Tensor]],
     hyper: dict[str, Any],
     shared: int,
-    stores: tuple[tuple[int, str], ...],
+    stores: Sequence[tuple[list[Tensor], PerTensor]],
     inductor: tuple[tuple[str, Any], ...],
 ) -> None:
     """The single-tensor kernel in one compiled call over every parameter of the bucket (:mod:`._arena`).
@@ -317,9 +317,12 @@ def _run_compiled(
     lists = [*tensors[:cut], *(hyper[k] for k in named)]
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
-    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)
-            and all(targets[i].is_contiguous() for targets, _ in stores)]
-    rest = [i for i in range(n) if i not in set(fits)] if len(fits) < n else []
+    every = [*lists, *(targets for targets, _ in stores)]
+    if all(numels) and all(t.is_contiguous() for ts in every for t in ts):  # (the usual case, checked quickly)
+        fits, rest = list(range(n)), []
+    else:
+        fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in every)]
+        rest = [i for i in range(n) if i not in set(fits)]
     if fits:
         sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
         vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
