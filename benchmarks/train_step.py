@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -265,9 +266,14 @@ def main() -> None:
     ap.add_argument("--preset", choices=["quality"], default=None,
                     help="quality: quality.py's rows on its model (MiniLM-L6, pretrained) and SST-2's batch shape "
                     "(32 x 40), writing its cost column to results/quality/cost.json")
+    ap.add_argument("--impl", default=os.environ.get("HF_ADASAM_IMPL") or "compiled",
+                    choices=["compiled", "foreach", "auto"],
+                    help="hf-adasam's kernels for the optimizers and SAM's tensor work (default: $HF_ADASAM_IMPL, else "
+                         "compiled; auto would run foreach for the first 8 s of each row's optimizer time)")
     ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/train_step_<device>"
                                                 "[_<dtype> unless fp32])")
     a = ap.parse_args()
+    os.environ["HF_ADASAM_IMPL"] = a.impl  # read by every optimizer and SAM step the rows build
     device = torch.device(a.device)
     if a.preset == "quality":
         from quality import SWEEP_ROWS
@@ -373,7 +379,8 @@ def main() -> None:
                      rest_s_ci90=bootstrap([(x,) for x in rest], lambda rs: statistics.fmean(x[0] for x in rs)))
         table.append(r)
 
-    machine = {"device": device_name(device), "threads": threads, "torch": torch.__version__, "params": numel,
+    machine = {"device": device_name(device), "threads": threads, "torch": torch.__version__, "impl": a.impl,
+               "params": numel,
                "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup, "dtype": a.dtype,
                "copy_bandwidth_GBps": bandwidth / 1e9, "python": platform.python_version()}
     md = render(a, machine, table)

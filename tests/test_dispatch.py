@@ -256,3 +256,30 @@ def test_auto_never_compiles_a_run_shorter_than_the_budget(monkeypatch) -> None:
             pert.restore(params)
         opt.step()
     assert opt.kernel_impl == pert.kernel_impl == "foreach"
+
+
+def test_kernels_recompile_after_dynamo_is_reset() -> None:
+    """``torch._dynamo.reset()`` drops the compiled graphs; the next call compiles again on that call's sizes (here
+    tiny, some of one element) with hf-adasam's compile settings. Without them inductor failed to compile SET-Adam's
+    phase 1 on these sizes (an assertion in its C++ code generator) and the kernel fell back to foreach."""
+    params, groups = _model(100)
+    opt = hf_adasam.create_optimizer("set_adam", groups, impl="compiled", lr=1e-3)
+    _set_grads(params, 0)
+    opt.step()
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    small = [torch.randn(s, generator=g).requires_grad_() for s in [(3, 4), (5,), (2, 3, 2), (1,), (7, 1)]]
+    want = [p.detach().clone().requires_grad_() for p in small]
+
+    def groups(ps: list[torch.Tensor]) -> list[dict]:  # the last bucket: one tensor of 7 elements
+        return [{"params": ps[:2]}, {"params": ps[2:4], "weight_decay": 0.0}, {"params": ps[4:]}]
+
+    opt = hf_adasam.create_optimizer("set_adam", groups(small), impl="compiled", lr=1e-3)
+    ref = hf_adasam.create_optimizer("set_adam", groups(want), impl="foreach", lr=1e-3)
+    for t in range(3):
+        _set_grads(small, t)
+        _set_grads(want, t)
+        opt.step()
+        ref.step()
+    for a, b in zip(small, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -161,35 +161,46 @@ class Arenas:
 
 
 def arenas(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], cols: int, device: torch.device) -> Arenas:
-    """Views over ``lists`` (each of ``N`` contiguous tensors of one dtype on ``device``).
+    """Views over ``lists`` (each of ``N`` contiguous tensors on ``device``; the caller checked contiguity).
 
-    Raises :class:`NotArena` if a tensor is not contiguous, a list mixes dtypes, or two tensors of a written list
-    overlap (an in-place update of shared memory is sequential in foreach, a race here)."""
+    Raises :class:`NotArena` if a list mixes dtypes, a tensor is not aligned to its element size, or two tensors
+    of a written list overlap (an in-place update of shared memory is sequential in foreach, a race here)."""
     reads, writes, offsets = [], [], []
     for ts, write in zip(lists, written, strict=True):
         dtype = ts[0].dtype
+        if any(t.dtype is not dtype for t in ts):
+            raise NotArena("a list of tensors of several dtypes")
         itemsize = ts[0].element_size()
-        ptrs, ends = [], []
-        for t in ts:
-            if t.dtype != dtype or not t.is_contiguous() or t.device != device:
-                raise NotArena("a tensor that is not contiguous, or not of its list's dtype and device")
-            ptr = t.data_ptr()
-            ptrs.append(ptr)
-            ends.append(ptr + t.numel() * itemsize)
-        base, end = min(ptrs), max(ends)
+        ptrs = [t.data_ptr() for t in ts]
+        base = min(ptrs)
         offs = [p - base for p in ptrs]
         if any(o % itemsize for o in offs):
             raise NotArena("a tensor not aligned to its element size")
-        if write and len(ts) > 1:
-            order = sorted(range(len(ts)), key=ptrs.__getitem__)
-            if any(ends[i] > ptrs[j] for i, j in itertools.pairwise(order)):
-                raise NotArena("two parameters whose tensors overlap in memory")
-        span = max((end - base) // itemsize, 1)
+        sizes = [t.numel() * itemsize for t in ts]
+        if write and len(ts) > 1 and not _disjoint(ptrs, sizes):
+            raise NotArena("two parameters whose tensors overlap in memory")
+        span = max((max(p + n for p, n in zip(ptrs, sizes, strict=True)) - base) // itemsize, 1)
         reads.append(_view(base, span, cols, dtype, device))
         writes.append(_view(base, span, cols, dtype, device) if write else None)
         offsets.append([o // itemsize for o in offs])
     offs = torch.tensor(offsets, dtype=torch.int64)
     return Arenas(reads, writes, offs.to(device, non_blocking=True) if device.type != "cpu" else offs)
+
+
+_DISJOINT: dict[tuple[int, ...], bool] = {}
+
+
+def _disjoint(ptrs: list[int], sizes: list[int]) -> bool:
+    """Whether no two of the memory ranges ``[ptr, ptr + size)`` overlap; remembered for recent pointer sets
+    (parameters and state keep their memory from step to step)."""
+    key = (*ptrs, *sizes)
+    found = _DISJOINT.get(key)
+    if found is None:
+        if len(_DISJOINT) > 256:
+            _DISJOINT.pop(next(iter(_DISJOINT)))
+        order = sorted(range(len(ptrs)), key=ptrs.__getitem__)
+        found = _DISJOINT[key] = all(ptrs[i] + sizes[i] <= ptrs[j] for i, j in itertools.pairwise(order))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------

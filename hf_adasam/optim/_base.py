@@ -309,7 +309,7 @@ def _run_compiled(
     tensors: Sequence[list[Tensor]],
     hyper: dict[str, Any],
     shared: int,
-    stores: tuple[tuple[int, str], ...],
+    stores: Sequence[tuple[list[Tensor], PerTensor]],
     inductor: tuple[tuple[str, Any], ...],
 ) -> None:
     """The single-tensor kernel in one compiled call over every parameter of the bucket (:mod:`._arena`).
@@ -334,9 +334,12 @@ def _run_compiled(
     lists = [*tensors[:cut], *(hyper[k] for k in named)]
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
-    fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in lists)
-            and all(targets[i].is_contiguous() for targets, _ in stores)]
-    rest = [i for i in range(n) if i not in set(fits)] if len(fits) < n else []
+    every = [*lists, *(targets for targets, _ in stores)]
+    if all(numels) and all(t.is_contiguous() for ts in every for t in ts):  # (the usual case, checked quickly)
+        fits, rest = list(range(n)), []
+    else:
+        fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in every)]
+        rest = [i for i in range(n) if i not in set(fits)]
     if fits:
         sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
         vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
@@ -408,21 +411,22 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         lay = _arena.layout(tuple(numels), device)
         ar = _arena.arenas(lists, written, lay.C, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
-        fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
-           vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0], [v for _, v in stores])
+        with _compile_settings(device):
+            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
+               vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
+               [v for _, v in stores])
 
     if sig not in _TRACED:
         if single not in _ANNOUNCED:
             _announce_compile(single, lists[0])
         # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
         m = len(_TRACE_NUMELS)
-        with _compile_settings(device):
-            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
-                  for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
-                 [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
-                 {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
-                 [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
-                   torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
+        call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
+              for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
+             [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
+             {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+             [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
+               torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
         _TRACED.add(sig)
     call(lists, numels, shared_flat, vectors, stores)
 
@@ -453,15 +457,16 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
             ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
-            return graph(ar.reads, kinds, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
-                         torch.tensor(numels, dtype=torch.int64).to(device), scalars)
+            with _compile_settings(device):
+                return graph(ar.reads, kinds, ar.offsets,
+                             (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+                             torch.tensor(numels, dtype=torch.int64).to(device), scalars)
 
         if sig not in _TRACED:
             if fn not in _ANNOUNCED:
                 _announce_compile(fn, lists[0])
-            with _compile_settings(device):
-                call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
-                       for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
+            call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=ts[0].dtype, device=device)
+                   for t in _TRACE_NUMELS] for k, ts in zip(kinds, lists, strict=True)], _TRACE_NUMELS)
             _TRACED.add(sig)
         return call(lists, numels)
     except _arena.NotArena as err:
@@ -501,8 +506,9 @@ def _flat(t: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def _compile_settings(device: torch.device) -> Iterator[None]:
-    """Settings for compiling our kernels, in force while the first call of a signature compiles its graph (a
-    later recompilation, after a guard fails, compiles without them: only slower, not different).
+    """Settings for compiling our kernels, in force around every call of a compiled kernel (~30 µs), so that a
+    recompilation (a guard that fails, ``torch._dynamo.reset()``) compiles with them too. The first call of a
+    signature compiles on a synthetic bucket; a recompilation compiles on the sizes of the call that needs it.
 
     - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
       sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one

@@ -133,8 +133,10 @@ class Adai(KernelOptimizer):
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
-            bias_correction2=1 - beta2**step,
-            vhat_mean=vhat_mean,
+            # beta0 / ((1 - beta2^t) v_bar), once per step: the element loop multiplies (a division per element
+            # and scalar would be most of its arithmetic). Where v_bar is floored (every v is 0) the quotient
+            # overflows: the largest finite number instead gives 0 * max = 0, where inf would give NaN
+            inertia_scale=(beta0 / ((1 - beta2**step) * vhat_mean)).clamp(max=torch.finfo(vhat_mean.dtype).max),
             coupled_decay=decay and not group["decoupled"],
             decoupled_decay=decay and group["decoupled"],
             impl=self.kernel_impl,
@@ -206,8 +208,7 @@ def _single_tensor_adai(
     beta2: float,
     eps: float,
     weight_decay: float,
-    bias_correction2: float,
-    vhat_mean: Tensor,
+    inertia_scale: Tensor,
     coupled_decay: bool,
     decoupled_decay: bool,
 ) -> None:
@@ -215,9 +216,9 @@ def _single_tensor_adai(
         if coupled_decay:
             g = g + p * weight_decay
         v.mul_(beta2).add_(g * g * (1 - beta2))
-        # 1 - beta1 = clamp(beta0 v_hat / v_bar, eps, 1), kept in that form: bf16 rounds beta1 = 1 - 1e-3
-        # to 1. Two one-sided clamps, as torch.compile rejects clamp(<0-d tensor>, 1).
-        one_minus_beta1 = (v / bias_correction2 / vhat_mean * beta0).clamp(min=eps).clamp(max=1)
+        # 1 - beta1 = clamp(beta0 v_hat / v_bar, eps, 1) = clamp(v * inertia_scale, eps, 1), kept in that form:
+        # bf16 rounds beta1 = 1 - 1e-3 to 1. Two one-sided clamps, as torch.compile rejects clamp(<0-d tensor>, 1).
+        one_minus_beta1 = (v * inertia_scale).clamp(min=eps).clamp(max=1)
         bc1.mul_(1 - one_minus_beta1).add_(one_minus_beta1)  # 1 - P_t = beta1 (1 - P_{t-1}) + (1 - beta1)
         m.lerp_(g, one_minus_beta1)
         if decoupled_decay:
@@ -237,8 +238,7 @@ def _multi_tensor_adai(
     beta2: float,
     eps: float,
     weight_decay: float,
-    bias_correction2: float,
-    vhat_mean: Tensor,
+    inertia_scale: Tensor,
     coupled_decay: bool,
     decoupled_decay: bool,
 ) -> None:
@@ -246,9 +246,8 @@ def _multi_tensor_adai(
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    # q = 1 - beta1 = clamp(beta0 * v_hat / v_bar, eps, 1)
-    q = torch._foreach_mul(exp_avg_sqs, beta0 / bias_correction2)
-    torch._foreach_div_(q, vhat_mean)
+    # q = 1 - beta1 = clamp(beta0 * v_hat / v_bar, eps, 1) = clamp(v * inertia_scale, eps, 1)
+    q = torch._foreach_mul(exp_avg_sqs, inertia_scale)
     torch._foreach_clamp_min_(q, eps)
     torch._foreach_clamp_max_(q, 1.0)
     torch._foreach_addcmul_(bias_correction1s, bias_correction1s, q, -1)  # 1 - P_t = beta1 (1 - P_{t-1}) + q
@@ -260,7 +259,7 @@ def _multi_tensor_adai(
 
 
 def adai(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
-    """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``vhat_mean``: v_t stored,
-    then the step."""
+    """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``inertia_scale`` =
+    β0 / ((1 - β2^t) v̄): v_t stored, then the step."""
     run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper)
 
