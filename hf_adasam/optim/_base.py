@@ -318,7 +318,7 @@ def _run_compiled(
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
     every = [*lists, *(targets for targets, _ in stores)]
-    if all(numels) and all(t.is_contiguous() for ts in every for t in ts):  # (the usual case, checked quickly)
+    if all(numels) and all(all(map(Tensor.is_contiguous, ts)) for ts in every):  # (the usual case, checked quickly)
         fits, rest = list(range(n)), []
     else:
         fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in every)]
@@ -353,10 +353,12 @@ def _say_not_arena(fn: Callable[..., Any], err: Exception) -> None:
 
 def _kinds(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> tuple[str, ...]:
     kinds = []
+    numels = list(numels)
     for ts in lists:
-        if all(t.numel() == m for t, m in zip(ts, numels, strict=True)):
+        sizes = list(map(Tensor.numel, ts))
+        if sizes == numels:
             kinds.append(_arena.ELEM)
-        elif all(t.numel() == 1 for t in ts):
+        elif sizes == [1] * len(sizes):
             kinds.append(_arena.SCALAR)
         else:
             raise _arena.NotArena("a per-parameter list whose tensors are neither the parameters' size nor one element")
@@ -394,9 +396,10 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         lay = _arena.layout(tuple(numels), device)
         ar = _arena.arenas(lists, written, lay.C, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
+        rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
         with _compile_settings(device):
-            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
-               vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
+            fn(ar.reads, ar.writes, rows_at, tail_at, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+               shared, vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
                [v for _, v in stores])
 
     if sig not in _TRACED:
@@ -440,8 +443,9 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
             ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
+            rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
             with _compile_settings(device):
-                return graph(ar.reads, kinds, ar.offsets,
+                return graph(ar.reads, kinds, ar.offsets, rows_at, tail_at,
                              (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                              torch.tensor(numels, dtype=torch.int64).to(device), scalars)
 
