@@ -213,14 +213,18 @@ def _disjoint(ptrs: list[int], nbytes: Tensor) -> bool:
 Lay = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def row_index(offsets: Tensor, kinds: Sequence[str], lay: Layout) -> tuple[Tensor, Tensor]:
-    """Every list's offset of each row (``[lists, R]``) and of each tail element (``[lists, T]``) in its arena;
-    a per-tensor scalar list's rows and tail elements all point at the tensor's one element.
+def row_index(offsets: Tensor, kinds: Sequence[str], lay: Layout) -> tuple[list[Tensor], list[Tensor]]:
+    """Per list, its offset of each row (``[R]``) and of each tail element (``[T]``) in its arena; a per-tensor
+    scalar list's rows and tail elements all point at the tensor's one element.
 
-    Computed before the graph (two small ops): inside it, the offsets would be recomputed from the tensor ids
-    in every vector iteration of the loop (the compiler cannot hoist loads past the loop's stores)."""
-    elem = torch.tensor([[k == ELEM] for k in kinds], dtype=torch.int64, device=offsets.device)
-    return (offsets[:, lay.tid_rows] + elem * lay.start_rows, offsets[:, lay.tid_tail] + elem * lay.pos_tail)
+    Computed before the graph (a few small ops): inside it, the offsets would be recomputed from the tensor ids
+    in every vector iteration of the loop (the compiler cannot hoist loads past the loop's stores). One 1-D tensor
+    per list: slicing a 2-D one inside the graph makes dynamo guard on its sizes (a bucket without tail elements
+    would compile the graph again)."""
+    elem = torch.tensor([k == ELEM for k in kinds], dtype=torch.int64, device=offsets.device)
+    rows = (offsets[:, lay.tid_rows] + elem[:, None] * lay.start_rows).unbind()
+    tail = (offsets[:, lay.tid_tail] + elem[:, None] * lay.pos_tail).unbind()
+    return [r.clone() for r in rows], [t.clone() for t in tail]
 
 
 def gather(arena: Tensor, kind: str, rows_at: Tensor, tail_at: Tensor) -> tuple[Tensor, Tensor]:
@@ -260,7 +264,7 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
     ``names``: per list, ``None`` for a positional list or the hyperparameter it is passed as. Stores: per-tensor
     scalar lists (write views and offsets) set from ``[N]`` inputs; the kernel never reads them."""
 
-    def graph(reads: list[Tensor], writes: list[Tensor | None], rows_at: Tensor, tail_at: Tensor, lay: Lay,
+    def graph(reads: list[Tensor], writes: list[Tensor | None], rows_at: list[Tensor], tail_at: list[Tensor], lay: Lay,
               shared: list[list[Tensor]], vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor],
               store_offsets: Tensor, store_values: list[Tensor]) -> None:
         same_rows(*reads, *writes)
@@ -286,8 +290,8 @@ def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
     (``blocks``: per element list, its rows and tail blocks; per per-tensor scalar list, its ``[N]`` values;
     ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
 
-    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, rows_at: Tensor, tail_at: Tensor,
-              lay: Lay, numels: Tensor, scalars: dict[str, Any]) -> Any:
+    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, rows_at: list[Tensor],
+              tail_at: list[Tensor], lay: Lay, numels: Tensor, scalars: dict[str, Any]) -> Any:
         same_rows(*reads)
         blocks = [gather(a, k, rows_at[i], tail_at[i]) if k == ELEM else a[offsets[i], 0]
                   for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]

@@ -407,12 +407,14 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
             _announce_compile(single, lists[0])
         # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
         m = len(_TRACE_NUMELS)
+        trace_vectors = {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()}
+        # a stored value that is also a vector input is the same tensor in the trace too (dynamo guards on it)
+        same = {id(v): trace_vectors[k] for k, v in vectors.items()}
         call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
               for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
-             [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
-             {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+             [[torch.zeros_like(t) for t in ts] for ts in shared_flat], trace_vectors,
              [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
-               torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
+               same.get(id(v), torch.zeros(m, dtype=v.dtype, device=device))) for t, v in stores])
         _TRACED.add(sig)
     call(lists, numels, shared_flat, vectors, stores)
 
