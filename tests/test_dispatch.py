@@ -283,3 +283,26 @@ def test_kernels_recompile_after_dynamo_is_reset() -> None:
         ref.step()
     for a, b in zip(small, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adasam", "set_adam", "adashift"])
+def test_one_graph_per_kernel_whatever_the_bucket(name: str) -> None:
+    """Buckets of tail elements only, of whole rows only (every size a multiple of the row length: LoRA's) and of
+    both run the graphs compiled for the first one: no guard on their sizes fails (a [lists, 0] offsets tensor
+    once did, and compiled every graph twice)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    buckets = [[(3, 4), (5,), (7,)], [(64, 16), (16, 64)], [(40, 24), (17,), (33, 31)], [(2,)]]
+    for shapes in buckets:
+        g = torch.Generator().manual_seed(len(shapes))
+        params = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+        opt = hf_adasam.create_optimizer(name, params, impl="compiled", lr=1e-3,
+                                         **({"n": 2} if name == "adashift" else {}))
+        for t in range(4):
+            _set_grads(params, t)
+            opt.step()
+    kernels = {"adasam": 1, "set_adam": 2, "adashift": 2}[name]
+    assert counters["stats"]["unique_graphs"] == kernels, dict(counters["stats"])
+    assert not counters["recompiles"], dict(counters["recompiles"])

@@ -164,43 +164,46 @@ def arenas(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], cols: int
     """Views over ``lists`` (each of ``N`` contiguous tensors on ``device``; the caller checked contiguity).
 
     Raises :class:`NotArena` if a list mixes dtypes, a tensor is not aligned to its element size, or two tensors
-    of a written list overlap (an in-place update of shared memory is sequential in foreach, a race here)."""
-    reads, writes, offsets = [], [], []
-    for ts, write in zip(lists, written, strict=True):
-        dtype = ts[0].dtype
-        if any(t.dtype is not dtype for t in ts):
-            raise NotArena("a list of tensors of several dtypes")
-        itemsize = ts[0].element_size()
-        ptrs = [t.data_ptr() for t in ts]
-        base = min(ptrs)
-        offs = [p - base for p in ptrs]
-        if any(o % itemsize for o in offs):
-            raise NotArena("a tensor not aligned to its element size")
-        sizes = [t.numel() * itemsize for t in ts]
-        if write and len(ts) > 1 and not _disjoint(ptrs, sizes):
+    of a written list overlap (an in-place update of shared memory is sequential in foreach, a race here). The
+    per-tensor work is a pointer read each; the offsets are computed in one small tensor op for all lists."""
+    ptrs = [list(map(Tensor.data_ptr, ts)) for ts in lists]
+    dtypes = [ts[0].dtype for ts in lists]
+    if any(len({t.dtype for t in ts}) > 1 for ts in lists):
+        raise NotArena("a list of tensors of several dtypes")
+    itemsize = torch.tensor([ts[0].element_size() for ts in lists], dtype=torch.int64)
+    numels = torch.tensor([list(map(Tensor.numel, ts)) for ts in lists], dtype=torch.int64)
+    at = torch.tensor(ptrs, dtype=torch.int64)
+    base = at.amin(1, keepdim=True)
+    rel = at - base
+    if bool((rel % itemsize[:, None]).any()):
+        raise NotArena("a tensor not aligned to its element size")
+    offs = rel // itemsize[:, None]
+    spans = (offs + numels).amax(1).clamp(min=1).tolist()
+    reads, writes = [], []
+    for i, (dtype, write) in enumerate(zip(dtypes, written, strict=True)):
+        if write and len(lists[i]) > 1 and not _disjoint(ptrs[i], numels[i] * itemsize[i]):
             raise NotArena("two parameters whose tensors overlap in memory")
-        span = max((max(p + n for p, n in zip(ptrs, sizes, strict=True)) - base) // itemsize, 1)
-        reads.append(_view(base, span, cols, dtype, device))
-        writes.append(_view(base, span, cols, dtype, device) if write else None)
-        offsets.append([o // itemsize for o in offs])
-    offs = torch.tensor(offsets, dtype=torch.int64)
+        start = ptrs[i][0] - int(rel[i, 0])
+        reads.append(_view(start, spans[i], cols, dtype, device))
+        writes.append(_view(start, spans[i], cols, dtype, device) if write else None)
     return Arenas(reads, writes, offs.to(device, non_blocking=True) if device.type != "cpu" else offs)
 
 
-_DISJOINT: dict[tuple[int, ...], bool] = {}
+_DISJOINT: dict[tuple[int, ...], tuple[list[int], bool]] = {}
 
 
-def _disjoint(ptrs: list[int], sizes: list[int]) -> bool:
-    """Whether no two of the memory ranges ``[ptr, ptr + size)`` overlap; remembered for recent pointer sets
+def _disjoint(ptrs: list[int], nbytes: Tensor) -> bool:
+    """Whether no two of the memory ranges ``[ptr, ptr + nbytes)`` overlap; remembered for recent pointer sets
     (parameters and state keep their memory from step to step)."""
-    key = (*ptrs, *sizes)
+    key = tuple(ptrs)
     found = _DISJOINT.get(key)
-    if found is None:
+    if found is None or found[0] != nbytes.tolist():
         if len(_DISJOINT) > 256:
             _DISJOINT.pop(next(iter(_DISJOINT)))
+        sizes = nbytes.tolist()
         order = sorted(range(len(ptrs)), key=ptrs.__getitem__)
-        found = _DISJOINT[key] = all(ptrs[i] + sizes[i] <= ptrs[j] for i, j in itertools.pairwise(order))
-    return found
+        found = _DISJOINT[key] = (sizes, all(ptrs[i] + sizes[i] <= ptrs[j] for i, j in itertools.pairwise(order)))
+    return found[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,20 +213,31 @@ def _disjoint(ptrs: list[int], sizes: list[int]) -> bool:
 Lay = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def gather(arena: Tensor, kind: str, offs: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
+def row_index(offsets: Tensor, kinds: Sequence[str], lay: Layout) -> tuple[list[Tensor], list[Tensor]]:
+    """Per list, its offset of each row (``[R]``) and of each tail element (``[T]``) in its arena; a per-tensor
+    scalar list's rows and tail elements all point at the tensor's one element.
+
+    Computed before the graph (a few small ops): inside it, the offsets would be recomputed from the tensor ids
+    in every vector iteration of the loop (the compiler cannot hoist loads past the loop's stores). One 1-D tensor
+    per list: slicing a 2-D one inside the graph makes dynamo guard on its sizes (a bucket without tail elements
+    would compile the graph again)."""
+    elem = torch.tensor([k == ELEM for k in kinds], dtype=torch.int64, device=offsets.device)
+    rows = (offsets[:, lay.tid_rows] + elem[:, None] * lay.start_rows).unbind()
+    tail = (offsets[:, lay.tid_tail] + elem[:, None] * lay.pos_tail).unbind()
+    return [r.clone() for r in rows], [t.clone() for t in tail]
+
+
+def gather(arena: Tensor, kind: str, rows_at: Tensor, tail_at: Tensor) -> tuple[Tensor, Tensor]:
     """A list's rows block ``[R, C]`` and tail block ``[T]`` (a per-tensor scalar list: ``[R, 1]`` and ``[T]``)."""
-    tid_rows, start_rows, tid_tail, pos_tail = lay
     if kind == ELEM:
-        return arena[offs[tid_rows] + start_rows], arena[offs[tid_tail] + pos_tail, 0]
-    return arena[offs[tid_rows], :1], arena[offs[tid_tail], 0]
+        return arena[rows_at], arena[tail_at, 0]
+    return arena[rows_at, :1], arena[tail_at, 0]
 
 
-def scatter(arena: Tensor, offs: Tensor, lay: Lay, rows: Tensor, tail: Tensor) -> None:
+def scatter(arena: Tensor, rows_at: Tensor, tail_at: Tensor, rows: Tensor, tail: Tensor) -> None:
     """Write a list's rows and tail blocks back (``arena``: the list's write view)."""
-    tid_rows, start_rows, tid_tail, pos_tail = lay
-    arena.index_put_((offs[tid_rows] + start_rows,), rows)
-    at = offs[tid_tail] + pos_tail
-    arena.index_put_((at, torch.zeros_like(at)), tail)
+    arena.index_put_((rows_at,), rows)
+    arena.index_put_((tail_at, torch.zeros_like(tail_at)), tail)
 
 
 def same_rows(*views: Tensor | None) -> None:
@@ -250,18 +264,18 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
     ``names``: per list, ``None`` for a positional list or the hyperparameter it is passed as. Stores: per-tensor
     scalar lists (write views and offsets) set from ``[N]`` inputs; the kernel never reads them."""
 
-    def graph(reads: list[Tensor], writes: list[Tensor | None], offsets: Tensor, lay: Lay, shared: list[list[Tensor]],
-              vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor], store_offsets: Tensor,
-              store_values: list[Tensor]) -> None:
+    def graph(reads: list[Tensor], writes: list[Tensor | None], rows_at: list[Tensor], tail_at: list[Tensor], lay: Lay,
+              shared: list[list[Tensor]], vectors: dict[str, Tensor], scalars: dict[str, Any], store_to: list[Tensor],
+              store_offsets: Tensor, store_values: list[Tensor]) -> None:
         same_rows(*reads, *writes)
-        blocks = [list(gather(a, k, offsets[i], lay)) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
+        blocks = [list(gather(a, k, rows_at[i], tail_at[i])) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
         hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
                  **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
         single(*positional, *shared, **hyper)
         for i, w in enumerate(writes):
             if w is not None and written[i]:
-                scatter(w, offsets[i], lay, *blocks[i])
+                scatter(w, rows_at[i], tail_at[i], *blocks[i])
         for i, (w, v) in enumerate(zip(store_to, store_values, strict=True)):
             at = store_offsets[i]
             w.index_put_((at, torch.zeros_like(at)), v.to(w.dtype))
@@ -276,10 +290,10 @@ def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
     (``blocks``: per element list, its rows and tail blocks; per per-tensor scalar list, its ``[N]`` values;
     ``numels``: the tensors' sizes as an ``[N]`` int64 tensor)."""
 
-    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, lay: Lay, numels: Tensor,
-              scalars: dict[str, Any]) -> Any:
+    def graph(reads: list[Tensor], kinds: tuple[str, ...], offsets: Tensor, rows_at: list[Tensor],
+              tail_at: list[Tensor], lay: Lay, numels: Tensor, scalars: dict[str, Any]) -> Any:
         same_rows(*reads)
-        blocks = [gather(a, k, offsets[i], lay) if k == ELEM else a[offsets[i], 0]
+        blocks = [gather(a, k, rows_at[i], tail_at[i]) if k == ELEM else a[offsets[i], 0]
                   for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         return fn(blocks, lay, numels, **scalars)
 
@@ -288,9 +302,10 @@ def reduction_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def segment_sum(rows: Tensor, tail: Tensor, lay: Lay, n: Tensor) -> Tensor:
-    """Per tensor, the sum of its elements (given as rows and tail blocks), in float64: each row summed first."""
+    """Per tensor, the sum of its elements (given as rows and tail blocks): each row summed first (in its dtype: a
+    row is at most 1024 elements), the rows and tail elements in float64."""
     out = torch.zeros(n.shape[0], dtype=torch.float64, device=rows.device)
-    out = out.index_add(0, lay[0], rows.sum(1, dtype=torch.float64))
+    out = out.index_add(0, lay[0], rows.sum(1).to(torch.float64))
     return out.index_add(0, lay[2], tail.to(torch.float64))
 
 

@@ -335,7 +335,7 @@ def _run_compiled(
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
     every = [*lists, *(targets for targets, _ in stores)]
-    if all(numels) and all(t.is_contiguous() for ts in every for t in ts):  # (the usual case, checked quickly)
+    if all(numels) and all(all(map(Tensor.is_contiguous, ts)) for ts in every):  # (the usual case, checked quickly)
         fits, rest = list(range(n)), []
     else:
         fits = [i for i in range(n) if numels[i] > 0 and all(ts[i].is_contiguous() for ts in every)]
@@ -370,10 +370,12 @@ def _say_not_arena(fn: Callable[..., Any], err: Exception) -> None:
 
 def _kinds(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> tuple[str, ...]:
     kinds = []
+    numels = list(numels)
     for ts in lists:
-        if all(t.numel() == m for t, m in zip(ts, numels, strict=True)):
+        sizes = list(map(Tensor.numel, ts))
+        if sizes == numels:
             kinds.append(_arena.ELEM)
-        elif all(t.numel() == 1 for t in ts):
+        elif sizes == [1] * len(sizes):
             kinds.append(_arena.SCALAR)
         else:
             raise _arena.NotArena("a per-parameter list whose tensors are neither the parameters' size nor one element")
@@ -411,9 +413,10 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         lay = _arena.layout(tuple(numels), device)
         ar = _arena.arenas(lists, written, lay.C, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
+        rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
         with _compile_settings(device):
-            fn(ar.reads, ar.writes, ar.offsets, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail), shared,
-               vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
+            fn(ar.reads, ar.writes, rows_at, tail_at, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
+               shared, vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
                [v for _, v in stores])
 
     if sig not in _TRACED:
@@ -421,12 +424,14 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
             _announce_compile(single, lists[0])
         # the synthetic bucket: zeros of each list's kind and dtype (its writes land in these zeros)
         m = len(_TRACE_NUMELS)
+        trace_vectors = {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()}
+        # a stored value that is also a vector input is the same tensor in the trace too (dynamo guards on it)
+        same = {id(v): trace_vectors[k] for k, v in vectors.items()}
         call([[torch.zeros(t if k == _arena.ELEM else 1, dtype=d, device=device) for t in _TRACE_NUMELS]
               for k, d in zip(kinds, dtypes, strict=True)], _TRACE_NUMELS,
-             [[torch.zeros_like(t) for t in ts] for ts in shared_flat],
-             {k: torch.zeros(m, dtype=v.dtype, device=device) for k, v in vectors.items()},
+             [[torch.zeros_like(t) for t in ts] for ts in shared_flat], trace_vectors,
              [([torch.zeros(1, dtype=t[0].dtype, device=device) for _ in range(m)],
-               torch.zeros(m, dtype=v.dtype, device=device)) for t, v in stores])
+               same.get(id(v), torch.zeros(m, dtype=v.dtype, device=device))) for t, v in stores])
         _TRACED.add(sig)
     call(lists, numels, shared_flat, vectors, stores)
 
@@ -457,8 +462,9 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
             ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
+            rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
             with _compile_settings(device):
-                return graph(ar.reads, kinds, ar.offsets,
+                return graph(ar.reads, kinds, ar.offsets, rows_at, tail_at,
                              (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                              torch.tensor(numels, dtype=torch.int64).to(device), scalars)
 

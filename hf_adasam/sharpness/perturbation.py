@@ -169,10 +169,10 @@ class Perturbation(ImplChoice):
 # once), with their foreach twins (tensors the arena cannot take)
 # ----------------------------------------------------------------------------------------------
 def _arena_sum_of_squares(blocks: list[tuple[Tensor, Tensor]], lay: tuple[Tensor, ...], numels: Tensor) -> Tensor:
-    """Σ g² over every tensor (rows summed first, then in float64)."""
+    """Σ g² over every tensor (each row summed first, in at least float32; the rows in float64)."""
     ((rows, tail),) = blocks
     acc = torch.promote_types(rows.dtype, torch.float32)
-    return rows.to(acc).square().sum(1, dtype=torch.float64).sum() + tail.to(torch.float64).square().sum()
+    return rows.to(acc).square().sum(1).sum(dtype=torch.float64) + tail.to(torch.float64).square().sum()
 
 
 def _arena_asam_norms(blocks: list[tuple[Tensor, Tensor]], lay: tuple[Tensor, ...], numels: Tensor, *,
@@ -186,7 +186,7 @@ def _arena_asam_norms(blocks: list[tuple[Tensor, Tensor]], lay: tuple[Tensor, ..
         tg = g.to(acc) * t
         tg_sq = tg.square()
         t2g_sq = (tg * t).square()
-        out.append(torch.stack([tg_sq.sum(-1, dtype=torch.float64).sum(), t2g_sq.sum(-1, dtype=torch.float64).sum()]))
+        out.append(torch.stack([tg_sq.sum(-1).sum(dtype=torch.float64), t2g_sq.sum(-1).sum(dtype=torch.float64)]))
     return out[0] + out[1]
 
 
