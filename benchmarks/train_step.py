@@ -109,9 +109,9 @@ def quality_preset() -> tuple[dict[str, dict], str, list[str]]:
     return rows, "adamw", sam
 
 
-def quality_cost(times: dict[str, list[float]], out: Path, machine: dict) -> None:
-    """Step-time ratio of every row to every other (paired by round, ratio of means, 90% bootstrap interval):
-    the cost column of ``quality.py``'s summary."""
+def quality_cost(times: dict[str, list[float]], out: Path, machine: dict, task: str) -> None:
+    """Step-time ratio of every row to every other (paired by round, ratio of means, 90% bootstrap interval) at
+    ``task``'s batch shape: the cost column of ``quality.py``'s summary (``out`` holds one entry per task)."""
     ratios, ci = {}, {}
     for row in times:
         for base in times:
@@ -119,9 +119,11 @@ def quality_cost(times: dict[str, list[float]], out: Path, machine: dict) -> Non
                 pairs = list(zip(times[row], times[base], strict=True))
                 ratios.setdefault(row, {})[base] = ratio_of_means(pairs)
                 ci.setdefault(row, {})[base] = bootstrap(pairs, ratio_of_means)
-    out.write_text(json.dumps({"source": "benchmarks/train_step.py --preset quality", "machine": machine,
-                               "s_per_step_mean": {r: statistics.fmean(t) for r, t in times.items()},
-                               "ratios": ratios, "ratios_ci90": ci}, indent=1) + "\n")
+    rec = json.loads(out.read_text()) if out.exists() else {}
+    rec = {"source": "benchmarks/train_step.py --preset quality --task T", "tasks": rec.get("tasks", {})}
+    rec["tasks"][task] = {"machine": machine, "s_per_step_mean": {r: statistics.fmean(t) for r, t in times.items()},
+                          "ratios": ratios, "ratios_ci90": ci}
+    out.write_text(json.dumps(rec, indent=1) + "\n")
 
 
 def floor_arrays(row: dict, second_pass_fraction: float) -> float:
@@ -264,8 +266,10 @@ def main() -> None:
     ap.add_argument("--rows", default=";".join(ROWS),
                     help=f"rows to run, separated by ';' (always with {PLAIN!r}; default all)")
     ap.add_argument("--preset", choices=["quality"], default=None,
-                    help="quality: quality.py's rows on its model (MiniLM-L6, pretrained) and SST-2's batch shape "
-                    "(32 x 40), writing its cost column to results/quality/cost.json")
+                    help="quality: quality.py's rows on its model (MiniLM-L6, pretrained) at --task's batch shape "
+                    "in the sweep (batch size, mean padded length), writing the cost column to "
+                    "results/quality/cost.json")
+    ap.add_argument("--task", default="sst2", choices=["sst2", "stsb"], help="--preset quality: whose batch shape")
     ap.add_argument("--impl", default=os.environ.get("HF_ADASAM_IMPL") or "compiled",
                     choices=["compiled", "foreach", "auto"],
                     help="hf-adasam's kernels for the optimizers and SAM's tensor work (default: $HF_ADASAM_IMPL, else "
@@ -281,7 +285,9 @@ def main() -> None:
         ROWS, PLAIN, SAM_ROWS = quality_preset()
         if a.rows == ap.get_default("rows"):
             a.rows = ";".join(SWEEP_ROWS)
-        a.batch, a.seq = 32, 40
+        from quality import batch_shape
+
+        a.batch, a.seq = batch_shape(a.task)
     labels = [PLAIN] + [r for r in a.rows.split(";") if r != PLAIN]
     unknown = [r for r in labels if r not in ROWS]
     if unknown:
@@ -385,14 +391,14 @@ def main() -> None:
                "copy_bandwidth_GBps": bandwidth / 1e9, "python": platform.python_version()}
     md = render(a, machine, table)
     print(md)
-    default = RESULTS / "quality" / "cost_step" if a.preset == "quality" else RESULTS / (
+    default = RESULTS / "quality" / f"cost_step_{a.task}" if a.preset == "quality" else RESULTS / (
         "train_step_" + a.device + ("" if a.dtype == "fp32" else f"_{a.dtype}"))
     stem = Path(a.out) if a.out else default
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": table}, indent=2))
     stem.with_suffix(".md").write_text(md + "\n")
     if a.preset == "quality":
-        quality_cost(times, stem.parent / "cost.json", machine)
+        quality_cost(times, stem.parent / "cost.json", machine, a.task)
 
 
 def render(a: argparse.Namespace, machine: dict, table: list[dict]) -> str:
