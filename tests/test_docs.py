@@ -146,8 +146,8 @@ def test_the_anchor_rule_is_githubs() -> None:
 # ----------------------------------------------------------------------------------------------
 SECTION = "\u00a7"
 SPEC_POINTERS = [
-    re.compile(r"spec\s*(" + SECTION + r"|\\u00a7)", re.I),  # "spec §2", or as JSON escapes it
-    re.compile("(" + SECTION + r"|\\u00a7)\s*\d"),  # a bare "§2"
+    re.compile(r"spec\s*(" + SECTION + r"|\\u00a7)", re.I),  # "spec", the section sign, or JSON's escape of it
+    re.compile("(" + SECTION + r"|\\u00a7)\s*\d"),  # a bare section sign and number
     re.compile("ALGORITHMS" + r"\.md"),  # the project's private spec file
 ]
 
@@ -176,7 +176,7 @@ def test_no_prose_about_the_projects_machines() -> None:
 
 def test_the_checks_catch_what_they_look_for() -> None:
     assert any(p.search("follows the authors' code (spec " + SECTION + "6)") for p in SPEC_POINTERS)
-    assert any(p.search('"_about": "rho 0.05 = spec \\u00a72 default"') for p in SPEC_POINTERS)
+    assert any(p.search('"_about": "rho 0.05 = spec ' + "\\" + 'u00a72 default"') for p in SPEC_POINTERS)
     assert any(p.search("see ../shared/ALGORITHMS" + ".md") for p in SPEC_POINTERS)
     assert MACHINE_PROSE.search("Measured on this project's 2-core CPU")
     assert _check(DOCS / "algorithms.md", "no-such-heading", "x") is not None
