@@ -1,4 +1,5 @@
-"""Generic Adam, Adam and AMSGrad on Reddi et al.'s counterexample (spec §9): a plot of x_t.
+"""Generic Adam, Adam and AMSGrad on Reddi et al.'s counterexample: a plot of x_t
+(docs/theory.md#reddi-et-als-counterexample).
 
     python benchmarks/reddi.py          # writes benchmarks/results/reddi.{json,md,png}
 

@@ -1,8 +1,8 @@
-r"""Generic Adam's sufficient condition, checked numerically, and Reddi et al.'s counterexample (spec §9).
+r"""Generic Adam's sufficient condition, checked numerically, and Reddi et al.'s counterexample (docs/theory.md).
 
 Zou, Shen, Jie, Zhang & Liu (CVPR 2019, "A Sufficient Condition for Convergences of Adam and
 RMSProp", arXiv 1811.09358) show that Generic Adam (:class:`hf_adasam.optim.GenericAdam`)
-converges when, as the spec reconstructs them:
+converges when (docs/theory.md#the-condition; reconstructed, not read from the paper's text):
 
 1. :math:`0 \le \beta_t \le \beta < 1`;
 2. :math:`0 \le \theta_t < 1`, non-decreasing, and :math:`\beta^2 < \lim \theta_t`;
@@ -31,7 +31,7 @@ criterion; the ones used here are:
   (:math:`\theta_t = \min(0.999, 1-1/t)` gives :math:`L = 0.0632 = 2\sqrt{0.001}`, its true limit).
   A decay slower than any power (:math:`1/\log T`) is reported as failing.
 
-This definition of :math:`R` reproduces the spec's figures: :math:`\alpha_t=\alpha/\sqrt t,
+This definition of :math:`R` reproduces the figures of docs/theory.md#tests: :math:`\alpha_t=\alpha/\sqrt t,
 \theta_t=1-0.9/t` gives 0.225, 0.093, 0.036 at :math:`T = 10^3, 10^4, 10^5` (:math:`\sqrt{0.9}\,
 H_T/\sqrt T`), and a constant :math:`\theta=0.999` gives 0.0618, 0.0627, 0.0631, rising towards
 :math:`2\sqrt{0.001} = 0.0632`.
@@ -83,7 +83,7 @@ class Condition:
 
 @dataclasses.dataclass(frozen=True)
 class SufficientConditionReport:
-    """Conditions (1)–(4) of spec §9 evaluated up to ``horizons[-1]``."""
+    """Conditions (1)–(4) of docs/theory.md#the-condition evaluated up to ``horizons[-1]``."""
 
     horizons: tuple[int, ...]
     momentum: Condition  # (1)
@@ -160,7 +160,7 @@ def check_sufficient_condition(
     limit_tol: float = 0.1,
     monotone_tol: float = 1e-12,
 ) -> SufficientConditionReport:
-    """Evaluate conditions (1)–(4) of spec §9 for step sizes ``alpha``, ``theta`` and ``beta``.
+    """Evaluate conditions (1)–(4) of docs/theory.md#the-condition for step sizes ``alpha``, ``theta`` and ``beta``.
 
     Each schedule is a constant or a callable ``t -> value`` for steps ``t = 1, 2, ...``; a callable
     is first tried on a float64 numpy array of steps and called once per step if that fails. The
@@ -353,7 +353,7 @@ def reddi_counterexample(
     *,
     backend: Literal["python", "torch"] = "python",
 ) -> ReddiResult:
-    r"""Adam, AMSGrad and Generic Adam on Reddi et al.'s online problem (spec §9).
+    r"""Adam, AMSGrad and Generic Adam on Reddi et al.'s online problem (docs/theory.md#reddi-et-als-counterexample).
 
     On :math:`[-1, 1]`, :math:`f_t(x) = Cx` when :math:`t \bmod 3 = 1`, else :math:`-x` (optimum
     :math:`x=-1` for :math:`C > 2`). All three use :math:`\alpha_t = \alpha/\sqrt t`, no bias

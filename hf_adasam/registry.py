@@ -3,7 +3,7 @@ hooks it into Transformers).
 
 Every fact about a name lives in its :class:`OptimEntry`: the class, the paper, which
 ``TrainingArguments`` fields feed which knob, and fixed arguments. Knob defaults are *not* repeated
-here: they are read from the class's constructor signature, which follows the spec's tables.
+here: they are read from the class's constructor signature (docs/algorithms.md tabulates them per name).
 """
 
 from __future__ import annotations

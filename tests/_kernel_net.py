@@ -1,9 +1,9 @@
 """The differential net's harness: every optimizer variant, in every impl and parameter dtype, run on a
 random problem and compared with the float64 single-tensor path on the same inputs.
 
-The reference is the plain single-tensor loop in float64, the form closest to the spec's formulas; the
-spec's own test vectors (tests per optimizer) tie that loop to the math. A deviation is measured
-relative to how far the reference moved the weights: ``max |x - x_ref| / max |x_ref - x_0|`` over every
+The reference is the plain single-tensor loop in float64, the form closest to the formulas of
+docs/algorithms.md; its hand-computed test vectors (tests per optimizer) tie that loop to the math. A deviation
+is measured relative to how far the reference moved the weights: ``max |x - x_ref| / max |x_ref - x_0|`` over every
 element of every parameter (a per-tensor relative error means nothing for a tensor that should not move).
 
 ``python -m tests._kernel_net`` prints the table of largest deviations (variant x impl x dtype).

@@ -1,4 +1,4 @@
-"""Adai / AdaiW (spec §6): the spec's vector, an independent float64 reference, validation."""
+"""Adai / AdaiW (docs/algorithms.md#adai): its test vector, an independent float64 reference, validation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SPEC_X = [(-1.0, -2.0), (-2.0, -3.0205778), (-2.1228446, -4.0340783)]
 
 
 def _spec_params(layout: str) -> tuple[list[torch.Tensor], list]:
-    """The spec's two scalars as one 2-element tensor, two params in one group, or two groups."""
+    """The test vector's two scalars as one 2-element tensor, two params in one group, or two groups."""
     if layout == "one_tensor":
         p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
         return [p], [p]
@@ -63,7 +63,7 @@ def _reference_adai(
     eps: float,
     decoupled: bool,
 ) -> list[torch.Tensor]:
-    """Spec §6 written out per parameter, one step at a time; None = no gradient that step."""
+    """docs/algorithms.md#adai written out per parameter, one step at a time; None = no gradient that step."""
     xs = [x.clone() for x in xs]
     state: dict[int, dict] = {}
     for step_grads in grads:

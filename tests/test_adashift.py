@@ -1,4 +1,4 @@
-"""AdaShift (spec §7): the spec's vector, an independent float64 reference, validation."""
+"""AdaShift (docs/algorithms.md#adashift): its test vectors, an independent float64 reference, validation."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _reference_adashift(
     xs: list[torch.Tensor], grads: list[list[torch.Tensor]], lrs: list[float], wds: list[float],
     beta1: float, beta2: float, eps: float, n: int, phi: str,
 ) -> list[torch.Tensor]:
-    """Spec §7 with m_t summed directly over the stored window (no running sum)."""
+    """docs/algorithms.md#adashift with m_t summed directly over the stored window (no running sum)."""
     xs = [x.clone() for x in xs]
     windows = [deque(maxlen=n) for _ in xs]  # newest first
     vs = [torch.zeros((), dtype=x.dtype) if phi != "none" else torch.zeros_like(x) for x in xs]

@@ -1,4 +1,5 @@
-"""Generic Adam (spec §9): the optimizer, the sufficient-condition checker and Reddi's counterexample."""
+"""Generic Adam (docs/algorithms.md#generic-adam, docs/theory.md): the optimizer, the sufficient-condition checker
+and Reddi's counterexample."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _run_library(x0: list[np.ndarray], grads: list[list[np.ndarray]], **kw) -> l
 
 
 def _reference(x0, grads, *, lr, beta, theta, theta_power=0.0, lr_power=0.0, eps=1e-8, weight_decay=0.0):
-    """Spec §9 written out in float64 numpy, with beta/theta constants or callables of t."""
+    """docs/algorithms.md#generic-adam written out in float64 numpy, with beta/theta constants or callables of t."""
     xs = [x.copy() for x in x0]
     ms = [np.zeros_like(x) for x in x0]
     vs = [np.full_like(x, eps) for x in x0]
@@ -63,7 +64,7 @@ def _assert_close(a: list[np.ndarray], b: list[np.ndarray], rtol: float = 1e-10)
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_first_reddi_adam_step_matches_spec_vector_float64(impl: str) -> None:
-    # spec §9: x_1 = 0, g = C = 3, beta1 = 0, beta2 = 0.1, alpha_1 = 0.5 -> x = -0.527046
+    # docs/theory.md#tests: x_1 = 0, g = C = 3, beta1 = 0, beta2 = 0.1, alpha_1 = 0.5 -> x = -0.527046
     x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = GenericAdam([x], lr=0.5, beta=0.0, theta=0.1, lr_power=0.5, impl=impl)
     x.grad = torch.tensor([3.0], dtype=torch.float64)

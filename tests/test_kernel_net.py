@@ -82,7 +82,7 @@ def test_every_impl_and_dtype_equals_the_float64_single_tensor_path(name: str, i
     got, _ = run(name, impl, dtype, problem)
     if name == "radam" and dtype == torch.float16:
         # torch.optim.RAdam's eps=1e-8 underflows in float16: an always-zero coordinate becomes 0/0 in every
-        # impl, torch's math (README); the rest stays finite
+        # impl, torch's math (docs/numerics.md#dtypes); the rest stays finite
         assert not torch.isfinite(got[2][0, 0]) and torch.isfinite(got[0]).all() and torch.isfinite(got[3]).all()
         return
     ref = reference(name, problem, dtype)
@@ -174,7 +174,7 @@ def test_situations_in_float32_stay_within_the_float64_reference(name: str, impl
         _check(got, ref, x0, torch.float32, f"{name}/{impl}/{situation}", must_move=False)
 
 
-# Documented in the README ("Non-finite gradients"): with |g| = 1e20 in float32, g² overflows to inf; these
+# Documented in docs/numerics.md#non-finite-gradients: with |g| = 1e20 in float32, g² overflows to inf; these
 # optimizers' per-tensor or global statistics then turn weights into NaN, the others take a bounded step.
 SQUARE_OVERFLOW_NAN = {"set_adam", "adai", "adaiw"}
 
@@ -301,12 +301,12 @@ def test_deviation_is_relative_to_the_distance_moved() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the README's table of what a non-finite gradient does
+# the table in docs/numerics.md of what a non-finite gradient does
 # ----------------------------------------------------------------------------------------------
 def _nonfinite_table() -> dict[str, tuple[str, str]]:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "numerics.md").read_text()
     body = re.search(r"<!-- nonfinite-table.*?-->\n(.*?)<!-- end nonfinite-table -->", text, re.S)
-    assert body, "README.md lost its nonfinite-table"
+    assert body, "docs/numerics.md lost its nonfinite-table"
     rows = {}
     for line in body.group(1).splitlines()[2:]:
         optim, inf_cell, nan_cell = (c.strip() for c in line.strip().strip("|").split("|"))
@@ -334,7 +334,7 @@ def test_readme_says_how_far_a_nonfinite_gradient_spreads(optim: str, bad: float
     problem.grads[3][0][1, 2] = bad
     for impl in VARIANTS[name].impls:
         got, _ = run(name, impl, torch.float32, problem)
-        assert _spread(got) == claimed, f"{optim}/{impl}: README says {claimed}"
+        assert _spread(got) == claimed, f"{optim}/{impl}: docs/numerics.md says {claimed}"
 
 
 def test_a_kernel_says_once_that_it_compiles(monkeypatch) -> None:

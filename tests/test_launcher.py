@@ -141,7 +141,7 @@ def test_scripts_own_help_through_the_launcher_shows_the_sam_keys(script, tmp_pa
     # each sam_* flag states its real default once (None means "not given" inside), booleans take no value
     flags = text.split("--sam_rho SAM_RHO, --sam-rho SAM_RHO", 1)[1]  # the sam_* options, after Trainer's own
     assert "(default: None)" not in flags and "%(default" not in flags
-    assert "Default: 0.9. Also optim_args key ae_delta." in flags  # ALGORITHMS.md: AE-SAM's δ = 0.9
+    assert "Default: 0.9. Also optim_args key ae_delta." in flags  # docs/algorithms.md#ae-sam: AE-SAM's δ = 0.9
     assert "Default: 5. Also optim_args key looksam_k." in flags  # LookSAM's k = 5
     assert "Default: false. Also optim_args key adaptive." in flags
     assert "--sam_adaptive [SAM_ADAPTIVE]" in text

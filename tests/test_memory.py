@@ -1,7 +1,7 @@
 """No hidden copies: each optimizer keeps the state arrays its algorithm documents, and SAM's step keeps one copy
 of w and allocates no other full copy.
 
-The expected counts are the documented ones (module docstrings and ``../shared/ALGORITHMS.md``), not read off
+The expected counts are the documented ones (module docstrings and docs/algorithms.md), not read off
 the code: AdaSAM m, v, v̂ (AMSGrad's max); SET-Adam m, v; RAdam (torch's) m, v; Adai / AdaiW m, v, 1 − P_t;
 AdaShift m and the window of n gradients (φ = max: v and the gate's c are one number per tensor; φ = none:
 element-wise, two more); CProp-Adam m, v and CProp's two running moments; CProp-SGD the two moments, plus the

@@ -91,7 +91,7 @@ def test_every_impl_follows_torch_radam_in_float64(impl: str, decoupled: bool) -
 
 
 def test_spec_vector_in_every_impl() -> None:
-    """Spec §5: g = 1, lr 0.1: five steps of 0.1, then 0.0025821 and 0.0032739."""
+    """docs/algorithms.md#radam: g = 1, lr 0.1: five steps of 0.1, then 0.0025821 and 0.0032739."""
     for impl in _base.IMPLS:
         x = torch.zeros(1, dtype=F64, requires_grad=True)
         opt = RAdam([x], lr=0.1, decoupled_weight_decay=True, impl=impl)

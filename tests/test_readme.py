@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from hf_adasam.registry import markdown_table
-from hf_adasam.sharpness.config import knob_table
 from hf_adasam.transformers_integration import _internals
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -31,10 +30,6 @@ def _block(marker: str) -> str:
     m = re.search(rf"<!-- {marker}:[^\n]*-->\n(.*?)<!-- end {marker} -->", README.read_text(), re.S)
     assert m, f"README lost its {marker} markers"
     return m.group(1).strip()
-
-
-def test_readme_sam_knob_table_is_the_generated_one() -> None:
-    assert _block("sam-knob-table") == knob_table(), "regenerate with hf_adasam.sharpness.config.knob_table()"
 
 
 def test_readme_main_job_figures_come_from_the_committed_results() -> None:

@@ -1,4 +1,4 @@
-"""AdaSAM's base update (§2), SET-Adam (§4), RAdam (§5), CProp (§8): the spec's vectors, independent
+"""AdaSAM's base update, SET-Adam, RAdam, CProp: the vectors of docs/algorithms.md#test-vectors, independent
 float64 re-computations of each formula on a random problem, and validation."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_adasam_equals_float64_amsgrad_recomputation(impl, bias_correction) -> N
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-ADASAM_SPEC = [  # g_sam, m_t, v_t, w after (spec §2)
+ADASAM_SPEC = [  # g_sam, m_t, v_t, w after (docs/algorithms.md#adasam)
     ((1.0049752, 10.4975186), (0.1004975, 1.0497519), (0.00101, 0.1101979), (0.9683772, 0.9683772)),
     ((0.9733524, 10.1812908), (0.187783, 1.9629058), (0.0019564, 0.2137464), (0.9259221, 0.9259201)),
     ((0.9308973, 9.7567201), (0.2620944, 2.7422872), (0.002821, 0.3087262), (0.8765756, 0.8765657)),
@@ -110,7 +110,7 @@ def test_set_adam_matches_spec_vector(impl) -> None:
 
 
 def _reference_set_adam(xs, grads, lr, betas, eps, wd, p, tau):
-    """Spec §4 as written: the cosine on the bias-corrected v, element-wise min of w."""
+    """docs/algorithms.md#set-adam as written: the cosine on the bias-corrected v, element-wise min of w."""
     xs = [x.clone() for x in xs]
     m = [torch.zeros_like(x) for x in xs]
     v = [torch.zeros_like(x) for x in xs]
@@ -177,7 +177,7 @@ def test_cprop_scale_matches_spec_vector(impl, dtype) -> None:
 
 
 def _reference_cprop_scale(a, b, t, beta, c, eps):
-    """Spec §8 as written (raw EMAs a, b)."""
+    """docs/algorithms.md#cprop as written (raw EMAs a, b)."""
     bc = 1 - beta**t
     mu, s, n = a / bc, b / bc, bc / (1 - beta)
     se = ((s - mu * mu).clamp(min=0) / (n - 1 + eps)).sqrt() + eps
@@ -192,7 +192,8 @@ def _reference_cprop(xs, grads, *, kind, lr, wd, beta, c, eps, betas=(0.9, 0.999
     v = [torch.zeros_like(x) for x in xs]
     for t, gs in enumerate(grads, start=1):
         for i, g in enumerate(gs):
-            # spec §8: CProp-Adam's scale sees g + λx; CProp-SGD's the raw g (authors' cprop_sgd.py), then d = g + λx
+            # docs/algorithms.md#cprop: CProp-Adam's scale sees g + λx; CProp-SGD's the raw g (authors' cprop_sgd.py),
+            # then d = g + λx
             d = g + wd * xs[i]
             g = d if kind == "adam" else g
             a[i] = beta * a[i] + (1 - beta) * g

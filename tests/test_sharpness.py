@@ -1,4 +1,5 @@
-"""SAM / ASAM perturbations and the second-pass policies (spec §1, §3) against the spec's vectors,
+"""SAM / ASAM perturbations and the second-pass policies against the hand-computed vectors of
+docs/algorithms.md#test-vectors,
 through the plain-PyTorch face ``hf_adasam.SAM`` (the same SAMStep that SAMTrainer runs)."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _sgd_sam(w0, **sam_kw) -> tuple[torch.Tensor, hf_adasam.SAM]:
     return w, hf_adasam.SAM(torch.optim.SGD([w], lr=0.1), **sam_kw)
 
 
-SAM_SPEC = [  # g, g_sam, w after (spec §1)
+SAM_SPEC = [  # g, g_sam, w after (docs/algorithms.md#sam-and-asam)
     ((1, 10), (1.0049752, 10.4975186), (0.8995025, -0.0497519)),
     ((0.8995025, -0.4975186), (0.9432558, -0.73952), (0.8051769, 0.0242001)),
     ((0.8051769, 0.2420014), (0.8530609, 0.38592), (0.7198708, -0.0143919)),

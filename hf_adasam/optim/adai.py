@@ -1,5 +1,5 @@
 r"""Adai and AdaiW (Xie et al. ICML 2022, "Adaptive Inertia: Disentangling the Effects of Adaptive
-Learning Rate and Momentum", arXiv 2006.15815); follows the authors' code (spec §6).
+Learning Rate and Momentum", arXiv 2006.15815); follows the authors' code (docs/algorithms.md#adai).
 
 The inertia :math:`\beta_1` adapts per coordinate to the curvature proxy :math:`\hat v`, relative to
 its mean :math:`\bar v` over *all* parameters of *all* param groups (one scalar per step):
@@ -41,7 +41,7 @@ __all__ = ["Adai", "adai", "adai_second_moment"]
 
 
 class Adai(KernelOptimizer):
-    """Adai (spec §6); ``decoupled=True`` is AdaiW. ``lr`` is on SGD's scale and has no default."""
+    """Adai (docs/algorithms.md#adai); ``decoupled=True`` is AdaiW. ``lr`` is on SGD's scale and has no default."""
 
     sharded_statistics = "the mean of v_hat over all parameters from one all-reduce of the shards' sums per step"
 

@@ -2,7 +2,7 @@ r"""AdaSAM's adaptive base update (Sun et al. 2023, "AdaSAM: Boosting Sharpness-
 with Adaptive Learning Rate and Momentum for Training Deep Neural Networks", arXiv 2303.00565).
 
 AMSGrad without bias correction, driven by whatever gradient it is given (the SAM gradient
-:math:`g = \nabla L_B(w + e)` when the perturbation of :mod:`hf_adasam.sharpness` is on; spec §2):
+:math:`g = \nabla L_B(w + e)` when the perturbation of :mod:`hf_adasam.sharpness` is on; docs/algorithms.md#adasam):
 
 .. math::
     m_t = \beta_1 m_{t-1} + (1-\beta_1) g \qquad
@@ -34,7 +34,7 @@ __all__ = ["AdaSAM", "adasam"]
 
 
 class AdaSAM(KernelOptimizer):
-    """AdaSAM's base update (spec §2); ``optim="adasam"`` adds the SAM perturbation."""
+    """AdaSAM's base update (docs/algorithms.md#adasam); ``optim="adasam"`` adds the SAM perturbation."""
 
     state_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 

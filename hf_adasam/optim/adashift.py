@@ -1,5 +1,5 @@
 r"""AdaShift (Zhou et al. ICLR 2019, "AdaShift: Decorrelation and Convergence of Adaptive Learning
-Rate Methods", arXiv 1810.00143); follows the authors' code (spec §7).
+Rate Methods", arXiv 1810.00143); follows the authors' code (docs/algorithms.md#adashift).
 
 The second moment is fed the gradient that left a window of the last :math:`n` gradients, so it is
 independent of the gradients in the first moment. With :math:`w_i = \beta_1^i / \sum_{j<n} \beta_1^j`
@@ -16,8 +16,8 @@ or ``"none"`` for an element-wise :math:`v`. The gate :math:`z` (the authors' co
 still until its :math:`v` is positive and restarts the bias correction there: steps :math:`1..n` only
 fill the window, and a tensor whose first gradients are exactly zero (LoRA's A while B is 0) is not
 thrown by :math:`m/\epsilon`. The state keeps :math:`c = 1-\beta_2^{k}` (0 while the gate is closed),
-updated as :math:`c \leftarrow z\,(\beta_2 c + 1 - \beta_2)`. Weight decay is decoupled (the spec is
-silent; this is the convention of ``Trainer``'s ``weight_decay``) and gated like the step.
+updated as :math:`c \leftarrow z\,(\beta_2 c + 1 - \beta_2)`. Weight decay is decoupled (the paper
+leaves it open; this is the convention of ``Trainer``'s ``weight_decay``) and gated like the step.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ PHIS = ("max", "mean", "none")
 
 
 class AdaShift(KernelOptimizer):
-    """AdaShift (spec §7): Adam with a temporally shifted second moment over a window of ``n`` gradients."""
+    """AdaShift: Adam with a temporally shifted second moment over a window of ``n`` gradients
+    (docs/algorithms.md#adashift)."""
 
     state_buffers = ("exp_avg",)
     sharded_statistics = ("phi = max/mean of g_{t-n}^2 over each whole tensor from one all-reduce of the shards' "

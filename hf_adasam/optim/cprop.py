@@ -1,5 +1,5 @@
 r"""CProp (Preechakul & Kijsirikul 2019, "CProp: Adaptive Learning Rate Scaling from Past
-Gradient Conformity", arXiv 1912.06334); follows the authors' code (spec §8).
+Gradient Conformity", arXiv 1912.06334); follows the authors' code (docs/algorithms.md#cprop).
 
 Each coordinate's step is scaled by the confidence that the sign of its mean past gradient is
 right, from an EMA estimate of the gradient's mean and standard error:
@@ -64,7 +64,7 @@ def _cprop_hyper(group: dict[str, Any], step: int, dtype: torch.dtype) -> dict[s
 
 
 class CPropAdam(KernelOptimizer):
-    """Adam whose step is scaled per coordinate by CProp's gradient-conformity confidence (spec §8)."""
+    """Adam whose step is scaled per coordinate by CProp's gradient-conformity confidence (docs/algorithms.md#cprop)."""
 
     state_buffers = ("exp_avg", "exp_avg_sq", "cprop_mean", "cprop_m2")
 
@@ -105,7 +105,7 @@ class CPropAdam(KernelOptimizer):
 
 
 class CPropSGD(KernelOptimizer):
-    """SGD(-momentum) whose direction is scaled per coordinate by CProp's confidence (spec §8).
+    """SGD(-momentum) whose direction is scaled per coordinate by CProp's confidence (docs/algorithms.md#cprop).
 
     ``momentum``, ``dampening`` and ``nesterov`` mean what they mean in ``torch.optim.SGD``.
     """

@@ -1,5 +1,5 @@
 r"""Generic Adam (Zou, Shen, Jie, Zhang & Liu, CVPR 2019, "A Sufficient Condition for Convergences of
-Adam and RMSProp", arXiv 1811.09358; spec §9).
+Adam and RMSProp", arXiv 1811.09358; docs/algorithms.md#generic-adam).
 
 One recursion that covers RMSProp (:math:`\beta=0`, constant :math:`\theta`), Adam without bias
 correction (constant :math:`\beta, \theta`) and AdaGrad (:math:`\beta=0, \theta_t = 1-1/t,
@@ -15,7 +15,7 @@ correction (constant :math:`\beta, \theta`) and AdaGrad (:math:`\beta=0, \theta_
 ``beta`` and ``theta`` may instead be callables ``t -> value`` (evaluated once per step, in Python).
 The conditions under which this converges are checked by :mod:`hf_adasam.generic_adam`.
 
-Two things the spec leaves open: weight decay, when asked for, is decoupled (the Trainer's
+Two things the paper leaves open: weight decay, when asked for, is decoupled (the Trainer's
 convention, as in AdaSAM); and the denominator is floored at the square root of the dtype's smallest
 positive number (:func:`~hf_adasam.optim._base.denominator_floor`). That changes nothing unless
 :math:`v_t = 0` exactly (a gradient that is zero at :math:`t=1` with :math:`\theta_1 = 0`, as in AdaGrad,
@@ -58,7 +58,8 @@ def _check_schedule(name: str, value: Schedule) -> None:
 
 
 class GenericAdam(KernelOptimizer):
-    """Generic Adam (spec §9): Adam/RMSProp/AdaGrad as one recursion with scheduled ``α_t, θ_t``."""
+    """Generic Adam: Adam/RMSProp/AdaGrad as one recursion with scheduled ``α_t, θ_t``
+    (docs/algorithms.md#generic-adam)."""
 
     state_buffers = ("exp_avg", "exp_avg_sq")
 

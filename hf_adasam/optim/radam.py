@@ -1,5 +1,5 @@
 r"""RAdam (Liu et al. ICLR 2020, "On the Variance of the Adaptive Learning Rate and Beyond", arXiv 1908.03265;
-spec §5): ``torch.optim.RAdam``'s own math, run by hf-adasam's kernel runner.
+docs/algorithms.md#radam): ``torch.optim.RAdam``'s own math, run by hf-adasam's kernel runner.
 
 :class:`RAdam` *is* a ``torch.optim.RAdam`` (a subclass): the same constructor, param-group keys, state
 (``step`` a 0-d float tensor, ``exp_avg``, ``exp_avg_sq``) and ``state_dict``, so a checkpoint of either

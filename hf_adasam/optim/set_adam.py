@@ -1,5 +1,5 @@
 r"""SET-Adam (G. Zhang 2023, "On Suppressing Range of Adaptive Stepsizes of Adam to Improve
-Generalisation Performance", arXiv 2302.01029); spec §4.
+Generalisation Performance", arXiv 2302.01029); docs/algorithms.md#set-adam.
 
 Adam's moments, then three operations on each layer's second moment (a layer is one tensor of
 :math:`d_l` entries) that shrink the range of its adaptive step sizes:
@@ -11,7 +11,7 @@ Adam's moments, then three operations on each layer's second moment (a layer is 
     \tilde w_l = w_l - \tau \min_i w_l[i] \quad \text{(T: down-translate)} \\
     x \leftarrow x (1 - \gamma\lambda) - \frac{\gamma}{1-\beta_1^t}\, m_t / \tilde w_l
 
-Weight decay is decoupled (spec §4). The cosine is scale-free, so it is taken on :math:`v_t`
+Weight decay is decoupled. The cosine is scale-free, so it is taken on :math:`v_t`
 itself; and since :math:`w` grows with :math:`v`, :math:`\min_i w_l[i]` is :math:`w` at
 :math:`\min_i v_l[i]`, so the step is two kernels: three reductions per tensor (sum, norm, min) of
 :math:`v_t` computed on the fly, giving each tensor's S and :math:`\tau \min_i w_l[i]`, then one fused
@@ -39,7 +39,8 @@ _TINY = 1e-30
 
 
 class SETAdam(KernelOptimizer):
-    """SET-Adam (spec §4): Adam whose per-layer second moment is down-scaled, ε-embedded and down-translated."""
+    """SET-Adam: Adam whose per-layer second moment is down-scaled, ε-embedded and down-translated
+    (docs/algorithms.md#set-adam)."""
 
     state_buffers = ("exp_avg", "exp_avg_sq")
     sharded_statistics = ("each tensor's cosine and minimum of v over the whole tensor, from one all-reduce of the "

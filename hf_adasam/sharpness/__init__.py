@@ -1,4 +1,4 @@
-"""The sharpness-aware machinery, independent of Transformers (spec §1, §3).
+"""The sharpness-aware machinery, independent of Transformers (docs/sam.md).
 
 - :mod:`.config`: :class:`SAMConfig`, every knob's default, check and help text;
 - :mod:`.perturbation`: w ← w + e (SAM, ASAM) and the bit-exact restore;

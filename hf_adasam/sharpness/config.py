@@ -1,8 +1,8 @@
-"""``SAMConfig``: every SAM knob once, with its default, its check and its help text (spec §1, §3).
+"""``SAMConfig``: every SAM knob once, with its default, its check and its help text (docs/sam.md#knobs).
 
 Everything else derives from this class: ``SAM(...)``'s keywords, ``SAMTrainingArguments``'
 ``sam_*`` fields, the SAM keys of ``optim_args``, the start-up log line, the model card, the
-launcher's ``--help`` and the README's knob table. A run resolves its settings once
+launcher's ``--help`` and the knob tables of docs/sam.md and docs/algorithms.md. A run resolves its settings once
 (:meth:`SAMConfig.resolve`) and keeps the frozen result.
 
 ``rho`` has no single default: the method's (0.05, or ASAM's 0.5) where SAM is asked for (``SAM(...)``,
@@ -22,7 +22,7 @@ from ..optim_args import convert, format_value, split_pairs
 
 __all__ = ["DEFAULT_RHO", "POLICIES", "SAMConfig", "knob_table"]
 
-# spec §1: SAM's radius, and ASAM's (indexed by ``adaptive``)
+# SAM's radius, and ASAM's (indexed by ``adaptive``): docs/algorithms.md#sam-and-asam
 DEFAULT_RHO: dict[bool, float] = {False: 0.05, True: 0.5}
 POLICIES = ("always", "ae", "looksam", "ae_looksam")
 ASAM_SCOPES = ("all", "weights")
@@ -219,7 +219,7 @@ class SAMConfig:
 
 
 def knob_table() -> str:
-    """The README's SAM knob table, generated from :class:`SAMConfig` (a test keeps them equal)."""
+    """The SAM knob table of docs/sam.md#knobs, generated from :class:`SAMConfig` (a test keeps them equal)."""
     lines = ["| knob (`SAM(...)` keyword, `optim_args` key; `SAMTrainingArguments`: `sam_<knob>`) | default | allowed "
              "| what it does |", "|---|---|---|---|"]
     for f in SAMConfig.knobs():

@@ -1,4 +1,4 @@
-r"""The perturbation (spec §1): w ← w + e for SAM or ASAM, and back, bit for bit.
+r"""The perturbation (docs/algorithms.md#sam-and-asam): w ← w + e for SAM or ASAM, and back, bit for bit.
 
 SAM (Foret et al. ICLR 2021) and ASAM (Kwon et al. ICML 2021), with :math:`g = \nabla L_B(w)`:
 

@@ -1,4 +1,4 @@
-r"""When a step pays the second pass (spec §3). Policies work on lists of tensors and know nothing
+r"""When a step pays the second pass (docs/algorithms.md#policies). Policies work on lists of tensors and know nothing
 of ``Trainer``; :mod:`hf_adasam.sharpness.step` composes them with the perturbation.
 
 ``always`` (SAM); AE-SAM (Jiang et al. ICLR 2023) takes a SAM step when :math:`\|g\|^2` lies in the
@@ -63,7 +63,7 @@ class EveryK(Always):
 
 
 class AESAM(Always):
-    r"""AE-SAM's test (spec §3): SAM iff ‖g‖² ≥ μ_t + c_t σ_t, c_t = λ2 + (λ1 − λ2) t / T.
+    r"""AE-SAM's test (docs/algorithms.md#ae-sam): SAM iff ‖g‖² ≥ μ_t + c_t σ_t, c_t = λ2 + (λ1 − λ2) t / T.
 
     μ and σ² are EMAs (factor δ) of ‖g‖² and of its squared deviation, updated before the test.
     """
@@ -98,7 +98,7 @@ class AESAM(Always):
 
 
 class LookSAM(Always):
-    r"""LookSAM (spec §3): on a SAM step store g_v = g_sam − (⟨g, g_sam⟩/‖g‖²) g, the part of g_sam
+    r"""LookSAM (docs/algorithms.md#looksam): on a SAM step store g_v = g_sam − (⟨g, g_sam⟩/‖g‖²) g, the part of g_sam
     orthogonal to g; on other steps use g + α (‖g‖/‖g_v‖) g_v. Global vectors, as in the paper.
 
     ``trigger`` decides which steps are SAM steps: :class:`EveryK` (LookSAM) or :class:`AESAM` (AE-LookSAM).

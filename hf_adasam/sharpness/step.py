@@ -1,6 +1,6 @@
 """The two-pass sharpness-aware micro-step, shared by ``SAMTrainer`` and the plain-PyTorch ``SAM``.
 
-One micro-batch (spec §1, §3):
+One micro-batch (docs/algorithms.md#sam-and-asam, docs/algorithms.md#policies):
 
 1. pass 1 at w into fresh gradients g (the accumulated gradients of earlier micro-batches are put
    aside, not copied);

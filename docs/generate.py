@@ -1,0 +1,135 @@
+"""The tables in README.md and docs/*.md that state facts of the code, generated from that code.
+
+Each block sits between ``<!-- NAME: ... -->`` and ``<!-- end NAME -->``; :data:`BLOCKS` says which function
+writes it. ``tests/test_docs.py`` keeps every block equal to its function, so a default changed in a constructor
+or in ``SAMConfig`` fails the tests until the docs are regenerated:
+
+    python docs/generate.py            # rewrite every block in place
+    python docs/generate.py --check    # exit 1, naming the blocks that differ
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from hf_adasam.optim_args import format_value  # noqa: E402
+from hf_adasam.registry import OPTIMIZERS, markdown_table  # noqa: E402
+from hf_adasam.sharpness.config import knob_table  # noqa: E402
+
+
+def _value(v: Any) -> str:
+    return "required (no default)" if v is inspect.Parameter.empty else f"`{format_value(v)}`"
+
+
+def optimizer_defaults(name: str) -> str:
+    """One ``optim`` name's knobs: the constructor's defaults and what sets each under ``Trainer``."""
+    entry = OPTIMIZERS[name]
+    params = inspect.signature(entry.cls.__init__).parameters
+    lines = ["| knob | default | under `Trainer` |", "|---|---|---|",
+             f"| `lr` | {_value(params['lr'].default)} | `learning_rate` |",
+             f"| `weight_decay` | {_value(params['weight_decay'].default)} | `weight_decay` (Trainer's decay / "
+             "no-decay groups) |"]
+    for knob, default in entry.knobs().items():
+        if knob == "impl":
+            continue
+        fields = entry.hf_args.get(knob)
+        hf = "" if fields is None else (
+            f"; `{'`/`'.join((fields,) if isinstance(fields, str) else fields)}` when set away from "
+            "`TrainingArguments`' defaults")
+        lines.append(f"| `{knob}` | {_value(default)} | `optim_args` key `{knob}`{hf} |")
+    for knob, value in entry.fixed.items():
+        lines.append(f"| `{knob}` | {_value(value)}, fixed by the name | — |")
+    return "\n".join(lines)
+
+
+def sam_knobs(*names: str) -> str:
+    """The rows of :func:`~hf_adasam.sharpness.config.knob_table` for ``names``, under its header."""
+    header, rule, *rows = knob_table().splitlines()
+    picked = [r for r in rows if any(r.startswith(f"| `{n}` |") for n in names)]
+    if len(picked) != len(names):
+        raise ValueError(f"SAMConfig has no knob among {names!r} for some name; it has: {knob_table()}")
+    return "\n".join([header, rule, *picked])
+
+
+def versions() -> str:
+    """What ``pyproject.toml`` declares and what ``.ci/run`` tests: the README's test command pins torch, the floor
+    stage installs the declared floors (``.ci/floor_constraints.py``)."""
+    toml = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    deps = re.search(r"^dependencies = \[(.*?)^\]", toml, re.S | re.M).group(1)
+    trl_extra = re.search(r"^trl = \[(.*?)\]", toml, re.S | re.M).group(1)
+
+    def spec(block: str, name: str) -> str:
+        return re.search(rf'"{name}([<>=!~][^"]*)"', block).group(1)
+
+    command = (ROOT / "README.md").read_text(encoding="utf-8").split("<!-- ci: test-command -->", 1)[1]
+    torch_pin = re.search(r"torch==([0-9][0-9.]*)", command).group(1)
+    python = re.search(r'^requires-python = "([^"]+)"', toml, re.M).group(1)
+    lines = ["| package | declared (`pyproject.toml`) | CI tests (`.ci/run`) |", "|---|---|---|",
+             f"| Python | `{python}` | the `python3` of CI's image |",
+             f"| torch | `{spec(deps, 'torch')}` (see below) | {torch_pin} (the test command pins it) |"]
+    for name in ("transformers", "accelerate"):
+        declared = spec(deps, name)
+        lines.append(f"| {name} | `{declared}` | the newest release; {declared.lstrip('>=')} (floor stage) |")
+    declared = spec(trl_extra, "trl")
+    lines.append(f"| trl (`trl` extra) | `{declared}` | the newest release; {declared.lstrip('>=')} (trl floor stage, "
+                 "with accelerate at trl's own floor) |")
+    return "\n".join(lines)
+
+
+DOCS = ROOT / "docs"
+# (file, block name) -> the function that writes the block
+BLOCKS: dict[tuple[Path, str], Callable[[], str]] = {
+    (ROOT / "README.md", "optimizer-table"): markdown_table,
+    (DOCS / "sam.md", "sam-knob-table"): knob_table,
+    (DOCS / "compat.md", "versions"): versions,
+    (DOCS / "algorithms.md", "defaults-sam"): lambda: sam_knobs("rho", "adaptive", "eta", "asam_scope"),
+    (DOCS / "algorithms.md", "defaults-policies"): lambda: sam_knobs(
+        "policy", "ae_delta", "ae_lambdas", "looksam_k", "looksam_alpha"),
+    **{(DOCS / "algorithms.md", f"defaults-{name}"): (lambda name=name: optimizer_defaults(name))
+       for name in OPTIMIZERS},
+}
+
+
+def pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {re.escape(name)}:[^\n]*-->\n)(.*?)(<!-- end {re.escape(name)} -->)", re.S)
+
+
+def current(path: Path, name: str) -> str | None:
+    """The block's text as the file has it now (``None``: the file lacks the markers)."""
+    m = pattern(name).search(path.read_text(encoding="utf-8"))
+    return None if m is None else m.group(2).strip()
+
+
+def main(argv: list[str]) -> int:
+    check = argv == ["--check"]
+    if argv and not check:
+        print(f"unknown arguments {argv!r}; allowed: --check, or none", file=sys.stderr)
+        return 2
+    stale = []
+    for (path, name), make in BLOCKS.items():
+        text, want = path.read_text(encoding="utf-8"), make()
+        m = pattern(name).search(text)
+        if m is None:
+            print(f"{path.relative_to(ROOT)}: no <!-- {name}: ... --> ... <!-- end {name} --> markers", file=sys.stderr)
+            return 1
+        if m.group(2).strip() == want:
+            continue
+        stale.append(f"{path.relative_to(ROOT)}: {name}")
+        if not check:
+            path.write_text(text[:m.start(2)] + want + "\n" + text[m.end(2):], encoding="utf-8")
+    for s in stale:
+        print(("stale " if check else "rewrote ") + s)
+    return 1 if check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
