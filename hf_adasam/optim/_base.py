@@ -411,9 +411,8 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
     def call(lists: list[list[Tensor]], numels: Sequence[int], shared: list[list[Tensor]], vectors: dict[str, Tensor],
              stores: list[tuple[list[Tensor], Tensor]]) -> None:
         lay = _arena.layout(tuple(numels), device)
-        ar = _arena.arenas(lists, written, lay.C, device)
+        ar, rows_at, tail_at = _arena.prepared(lists, written, kinds, numels, lay, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
-        rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
         with _compile_settings(device):
             fn(ar.reads, ar.writes, rows_at, tail_at, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                shared, vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
@@ -461,8 +460,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
 
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
-            ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
-            rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
+            ar, rows_at, tail_at = _arena.prepared(lists, [False] * len(lists), kinds, numels, lay, device)
             with _compile_settings(device):
                 return graph(ar.reads, kinds, ar.offsets, rows_at, tail_at,
                              (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
