@@ -1,4 +1,8 @@
-"""The README states facts that live in code; these tests keep the two equal."""
+"""The README states facts that live in code; these tests keep the two equal.
+
+The generated tables sit between ``<!-- NAME: ... -->`` and ``<!-- end NAME -->`` markers in README.md or a page of
+docs/; ``python -m tests.test_readme`` rewrites every one of them from the code (``GENERATED``).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,34 @@ import json
 import re
 from pathlib import Path
 
-from hf_adasam.registry import markdown_table
+from hf_adasam.registry import markdown_table, nonfinite_table
 from hf_adasam.sharpness.config import knob_table
 from hf_adasam.transformers_integration import _internals
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# marker -> the function that generates the table between its markers
+GENERATED = {"optimizer-table": markdown_table, "nonfinite-table": nonfinite_table, "sam-knob-table": knob_table}
+
+
+def _pattern(marker: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {marker}:[^\n]*-->\n)(.*?)(<!-- end {marker} -->)", re.S)
+
+
+def _page(marker: str) -> Path:
+    """The page (README.md, or one of docs/) that holds ``marker``'s block."""
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        if _pattern(marker).search(page.read_text()):
+            return page
+    raise AssertionError(f"no page holds the {marker} markers (README.md, docs/*.md)")
 
 
 def test_readme_optimizer_table_is_the_generated_one() -> None:
-    text = README.read_text()
-    m = re.search(r"<!-- optimizer-table:[^\n]*-->\n(.*?)<!-- end optimizer-table -->", text, re.S)
-    assert m, "README lost its optimizer-table markers"
-    assert m.group(1).strip() == markdown_table(), "regenerate with hf_adasam.registry.markdown_table()"
+    assert _block("optimizer-table") == markdown_table(), "regenerate: python -m tests.test_readme"
+
+
+def test_readme_nonfinite_table_is_the_generated_one() -> None:
+    """The claims themselves (each cell's first word) are checked against the optimizers by tests/test_kernel_net.py."""
+    assert _block("nonfinite-table") == nonfinite_table(), "regenerate: python -m tests.test_readme"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -28,13 +48,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def _block(marker: str) -> str:
-    m = re.search(rf"<!-- {marker}:[^\n]*-->\n(.*?)<!-- end {marker} -->", README.read_text(), re.S)
-    assert m, f"README lost its {marker} markers"
-    return m.group(1).strip()
+    return _pattern(marker).search(_page(marker).read_text()).group(2).strip()
 
 
 def test_readme_sam_knob_table_is_the_generated_one() -> None:
-    assert _block("sam-knob-table") == knob_table(), "regenerate with hf_adasam.sharpness.config.knob_table()"
+    assert _block("sam-knob-table") == knob_table(), "regenerate: python -m tests.test_readme"
 
 
 def test_readme_main_job_figures_come_from_the_committed_results() -> None:
@@ -49,3 +67,11 @@ def test_ci_runs_integration_tests_on_the_declared_floors() -> None:
     assert "floor_constraints.py" in ci and "pytest -m integration" in ci
     floor = re.search(r'"transformers>=([0-9.]+)"', (README.parent / "pyproject.toml").read_text()).group(1)
     assert _internals.CHECKED.startswith(floor), "the private names were checked on another floor"
+
+
+if __name__ == "__main__":  # rewrite every generated block from the code
+    for marker, generate in GENERATED.items():
+        page = _page(marker)
+        text = _pattern(marker).sub(lambda m, g=generate: f"{m.group(1)}{g()}\n{m.group(3)}", page.read_text())
+        page.write_text(text)
+        print(f"{page.relative_to(README.parent)}: {marker}")
