@@ -49,23 +49,13 @@ from hf_adasam import create_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 
-# knobs per name where the default would leave the step idle or is not a fair comparison
-EXTRA: dict[str, dict] = {"adai": {"lr": 0.1}, "adaiw": {"lr": 0.1}, "cprop_sgd": {"lr": 0.1, "momentum": 0.9}}
-
-# fp32 arrays read + written per element per step by the least-traffic schedule of each algorithm
-# (p and g read, p written, each state buffer read and written; two-pass algorithms read again)
+# fp32 arrays read + written per element per step by the least-traffic schedule of each algorithm (p and g read, p
+# written, each state buffer read and written; two-pass algorithms read again): torch's baselines here, every
+# hf-adasam optimizer's from its registry entry (``OptimEntry.traffic``)
 TRAFFIC: dict[str, int] = {
     "adamw": 7,  # p r/w, g r, m r/w, v r/w
     "amsgrad": 9,  # + v_max r/w
-    "adasam": 9,  # AMSGrad's
-    "set_adam": 9,  # pass 1: g, v r (reductions of v_t); pass 2: p r/w, g r, m r/w, v r/w
-    "radam": 7,
-    "adai": 12,  # pass 1: p, g, v r (the mean of v_t, coupled decay); pass 2: p r/w, g r, m r/w, v r/w, 1-P_t r/w
-    "adaiw": 11,  # pass 1 without p
-    "adashift": 8,  # pass 1: max of the leaving gradient; pass 2: p r/w, g r, m r/w, window slot r/w
-    "cprop_adam": 11,  # p r/w, g r, m, v, mu, M r/w
-    "cprop_sgd": 9,  # p r/w, g r, buffer, mu, M r/w
-    "generic_adam": 7,
+    **{name: e.traffic for name, e in hf_adasam.OPTIMIZERS.items()},
 }
 # SAM's own tensor work per two-pass step: ‖g‖ (g r) + save w and w += ρ g/‖g‖ in one pass (p r, copy w, p w,
 # g r) + restore (copy r, p w)
@@ -181,9 +171,10 @@ def bert_shapes(size: str) -> list[tuple[int, ...]]:
 
 
 def make_ours(name: str, impl: str, ps: list | list[dict]) -> torch.optim.Optimizer:
-    kw = {**EXTRA.get(name, {}), "impl": impl}  # radam's foreach row is torch's own _multi_tensor_radam
-    kw.setdefault("lr", 1e-3)
-    return create_optimizer(name, ps, **kw)
+    """The registry's representative run of ``name`` (its lr on the method's own scale, and ``bench``'s knobs where a
+    default would leave part of the method idle: CProp-SGD's momentum). radam's foreach row is torch's own
+    ``_multi_tensor_radam``."""
+    return create_optimizer(name, ps, **hf_adasam.OPTIMIZERS[name].bench_kwargs(), impl=impl)
 
 
 def make_peer(name: str, ps: list | list[dict]) -> torch.optim.Optimizer:

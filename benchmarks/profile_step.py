@@ -21,13 +21,13 @@ import torch._inductor.config as inductor_config
 from optim_step import RESULTS, TRAFFIC, WARMUP, Problem, copy_bandwidth, make_ours
 from torch.profiler import ProfilerActivity, profile
 
-MISSED = "adasam,set_adam,radam,adai,adaiw,adashift,cprop_adam,cprop_sgd,generic_adam"
+import hf_adasam
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["22m", "110m"], default="22m")
-    ap.add_argument("--names", default=MISSED)
+    ap.add_argument("--names", default=",".join(hf_adasam.OPTIMIZERS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=WARMUP)
     ap.add_argument("--top", type=int, default=6)

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from hf_adasam.optim_args import format_value  # noqa: E402
-from hf_adasam.registry import OPTIMIZERS, markdown_table  # noqa: E402
+from hf_adasam.registry import OPTIMIZERS, markdown_table, nonfinite_table  # noqa: E402
 from hf_adasam.sharpness.config import knob_table  # noqa: E402
 
 
@@ -90,6 +90,7 @@ DOCS = ROOT / "docs"
 BLOCKS: dict[tuple[Path, str], Callable[[], str]] = {
     (ROOT / "README.md", "optimizer-table"): markdown_table,
     (DOCS / "sam.md", "sam-knob-table"): knob_table,
+    (DOCS / "numerics.md", "nonfinite-table"): nonfinite_table,
     (DOCS / "compat.md", "versions"): versions,
     (DOCS / "algorithms.md", "defaults-sam"): lambda: sam_knobs("rho", "adaptive", "eta", "asam_scope"),
     (DOCS / "algorithms.md", "defaults-policies"): lambda: sam_knobs(

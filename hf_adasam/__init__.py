@@ -15,7 +15,8 @@ Layout: :mod:`hf_adasam.optim` (the algorithms), :mod:`hf_adasam.registry` (name
 
 from typing import Any
 
-from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
+from . import optim
+from .optim import *  # noqa: F403  (every optimizer class; hf_adasam.optim.__all__ lists them)
 from .registry import OPTIMIZERS, create_optimizer
 from .sharpness import SAM, SAMConfig
 
@@ -27,18 +28,11 @@ _INTEGRATION_NAMES = ("SAMSeq2SeqTrainer", "SAMSeq2SeqTrainingArguments", "SAMTr
 __all__ = [
     "OPTIMIZERS",
     "SAM",
-    "AdaSAM",
-    "AdaShift",
-    "Adai",
-    "CPropAdam",
-    "CPropSGD",
-    "GenericAdam",
-    "RAdam",
     "SAMConfig",
-    "SETAdam",
     "create_optimizer",
     *_INTEGRATION_NAMES,
 ]
+__all__ += optim.__all__  # every optimizer class (a form type checkers follow)
 
 
 def __getattr__(name: str) -> Any:

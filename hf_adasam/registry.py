@@ -4,6 +4,11 @@ hooks it into Transformers).
 Every fact about a name lives in its :class:`OptimEntry`: the class, the paper, which
 ``TrainingArguments`` fields feed which knob, and fixed arguments. Knob defaults are *not* repeated
 here: they are read from the class's constructor signature (docs/algorithms.md tabulates them per name).
+
+An entry also states what the algorithm is documented to do, for the tests and benchmarks to read
+(``CONTRIBUTING.md``, "Add an optimizer"): the state it keeps (:class:`Variant`), the memory traffic and
+compiled kernels of a step, and how far a non-finite gradient spreads. These are claims written from the
+algorithm, never computed from the implementation: the tests measure the implementation and compare.
 """
 
 from __future__ import annotations
@@ -21,13 +26,31 @@ from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAd
 from .optim_args import convert, format_value, split_pairs
 from .sharpness.config import SAMConfig
 
-__all__ = ["OPTIMIZERS", "OptimEntry", "create_optimizer", "markdown_table", "optimizer_kwargs", "parse_optim_args"]
+__all__ = ["OPTIMIZERS", "OptimEntry", "Variant", "create_optimizer", "markdown_table", "nonfinite_table",
+           "optimizer_kwargs", "parse_optim_args", "variants"]
 
 # Knobs that the Trainer fills itself (param groups carry lr and weight decay) or that select the
 # kernel rather than the algorithm: never set through ``optim_args``.
 _MANAGED = frozenset({"params", "lr", "weight_decay"})
 # torch.optim.RAdam arguments (hf-adasam's RAdam keeps them) that are not algorithm knobs.
 _NOT_KNOBS = frozenset({"foreach", "maximize", "capturable", "differentiable"})
+
+
+# How far one non-finite gradient entry spreads into the weights (the first word of a ``nonfinite`` cell)
+SPREAD = ("coordinate", "tensor", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A setting of an optimizer's knobs that takes code paths of its own, and the state it then keeps.
+
+    The tests run every variant of every entry: the differential net (every impl and dtype against the float64
+    single-tensor loop), the property tests, and the memory test, which counts the state's arrays against
+    ``state_arrays``.
+    """
+
+    state_arrays: int  # tensors of the parameter's size in the state once warmed up, as the algorithm documents
+    knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments beside the defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +62,23 @@ class OptimEntry:
     hf_args: Mapping[str, str | tuple[str, ...]] = dataclasses.field(default_factory=dict)
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sam: bool = False  # the name asks for the SAM perturbation (rho defaults on)
+    _: dataclasses.KW_ONLY
+    # What the algorithm is documented to do; the tests check the implementation against it (CONTRIBUTING.md).
+    state: str  # the state it keeps, in words
+    # knob settings with code paths of their own, by suffix: "" (or the first) is the base, named ``name``; the
+    # others ``name_suffix`` (the net's variant names)
+    variants: Mapping[str, Variant]
+    # fp32 arrays read + written per element per step by the least-traffic schedule of the algorithm, at the
+    # defaults with ``bench`` (p and g read, p written, each state array read and written; a pass that needs a
+    # reduction first reads its inputs once more): optim_step's memory-traffic floor
+    traffic: int
+    kernels: int  # compiled kernels a step runs per param group (a reduction that must finish first is one more)
+    # how far one inf / one NaN gradient entry spreads: a SPREAD word, then why (the README's non-finite table)
+    nonfinite: tuple[str, str]
+    overflow_nan: bool = False  # float32 gradients whose square overflows (|g| > ~1.8e19) make NaN weights
+    lr: float = 1e-2  # an lr on the method's own scale: a dozen steps at it visibly move the weights
+    # knobs the benchmarks (and dispatch tests) add to the defaults, where a default leaves part of the method idle
+    bench: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def knobs(self) -> dict[str, Any]:
         """Settable constructor arguments and their defaults (``inspect.Parameter.empty`` if required)."""
@@ -51,31 +91,106 @@ class OptimEntry:
             and n not in _MANAGED | _NOT_KNOBS | set(self.fixed)
         }
 
+    def named_variants(self) -> dict[str, Variant]:
+        """The variants by their full names, ``name_suffix`` (``name`` for the suffix ""); the first is the base."""
+        return {f"{self.name}_{k}" if k else self.name: v for k, v in self.variants.items()}
+
+    def bench_kwargs(self) -> dict[str, Any]:
+        """Constructor kwargs of a representative run (benchmarks, dispatch tests): ``lr`` and ``bench``."""
+        return {"lr": self.lr, **self.bench}
+
 
 _ADAM_ARGS = MappingProxyType({"betas": ("adam_beta1", "adam_beta2"), "eps": "adam_epsilon"})
 
+_COORDINATE = ("coordinate", "coordinate")
+_ADAI = "Xie et al. ICML 2022, arXiv 2006.15815"
+_CPROP = "Preechakul & Kijsirikul 2019, arXiv 1912.06334"
+
+# The traffic counts name each array a step reads (r) and writes (w); "pass 1" is a reduction that must finish
+# before the element-wise update (pass 2) can start.
 OPTIMIZERS: dict[str, OptimEntry] = {
     e.name: e
     for e in (
-        OptimEntry("adasam", AdaSAM, "Sun et al. 2023, arXiv 2303.00565", _ADAM_ARGS, sam=True),
-        OptimEntry("set_adam", SETAdam, "Zhang 2023, arXiv 2302.01029", {"betas": ("adam_beta1", "adam_beta2")}),
         OptimEntry(
-            "radam",
-            RAdam,
-            "Liu et al. ICLR 2020, arXiv 1908.03265",
-            _ADAM_ARGS,
+            "adasam", AdaSAM, "Sun et al. 2023, arXiv 2303.00565", _ADAM_ARGS, sam=True,
+            state="m, v and v̂ (AMSGrad's running max of v)",
+            variants={"": Variant(3), "bias_correction": Variant(3, {"bias_correction": True})},
+            traffic=9, kernels=1, nonfinite=_COORDINATE,  # AMSGrad's: p r/w, g r, m, v, v̂ r/w
+        ),
+        OptimEntry(
+            "set_adam", SETAdam, "Zhang 2023, arXiv 2302.01029", {"betas": ("adam_beta1", "adam_beta2")},
+            state="m, v",
+            variants={"": Variant(2), "p1_tau0.9": Variant(2, {"p": 1.0, "tau": 0.9})},
+            # pass 1: g, v r (each tensor's cosine and minimum of v_t); pass 2: p r/w, g r, m r/w, v r/w
+            traffic=9, kernels=2, nonfinite=("tensor (its cosine and minimum)", "tensor"), overflow_nan=True,
+        ),
+        OptimEntry(
+            "radam", RAdam, "Liu et al. ICLR 2020, arXiv 1908.03265", _ADAM_ARGS,
             fixed={"decoupled_weight_decay": True},
+            state="m, v (torch.optim.RAdam's)",
+            variants={"": Variant(2)},
+            traffic=7, kernels=1, nonfinite=_COORDINATE,  # p r/w, g r, m r/w, v r/w
         ),
-        OptimEntry("adai", Adai, "Xie et al. ICML 2022, arXiv 2006.15815"),
         OptimEntry(
-            "adaiw", Adai, "Xie et al. ICML 2022, arXiv 2006.15815", fixed={"decoupled": True}
+            "adai", Adai, _ADAI,
+            state="m, v and 1 − P_t",
+            variants={"": Variant(3)},
+            # pass 1: p, g, v r (the mean of v_t; coupled decay adds λp to g); pass 2: p r/w, g r, m, v, 1 − P_t r/w
+            traffic=12, kernels=2, overflow_nan=True, lr=0.1,
+            nonfinite=("all parameters (v̄, then the NaN weight through coupled decay)", "all parameters"),
         ),
-        OptimEntry("adashift", AdaShift, "Zhou et al. ICLR 2019, arXiv 1810.00143", _ADAM_ARGS),
-        OptimEntry("cprop_adam", CPropAdam, "Preechakul & Kijsirikul 2019, arXiv 1912.06334", _ADAM_ARGS),
-        OptimEntry("cprop_sgd", CPropSGD, "Preechakul & Kijsirikul 2019, arXiv 1912.06334"),
-        OptimEntry("generic_adam", GenericAdam, "Zou et al. CVPR 2019, arXiv 1811.09358"),
+        OptimEntry(
+            "adaiw", Adai, _ADAI, fixed={"decoupled": True},
+            state="m, v and 1 − P_t",
+            variants={"": Variant(3)},
+            traffic=11, kernels=2, overflow_nan=True, lr=0.1,  # adai's, pass 1 without p
+            nonfinite=("coordinate (v̄ = inf: every other coordinate's β1 is 1 − ε from then on)", "all parameters"),
+        ),
+        OptimEntry(
+            "adashift", AdaShift, "Zhou et al. ICLR 2019, arXiv 1810.00143", _ADAM_ARGS,
+            state="m and the window of the last n gradients (φ = max/mean: v and the gate's c are one number per "
+                  "tensor; φ = none: two more arrays, element-wise)",
+            # n = 3: a window short enough that a dozen steps are mostly updates, not filling it
+            variants={"max": Variant(1 + 3, {"n": 3}), "mean": Variant(1 + 3, {"n": 3, "phi": "mean"}),
+                      "none": Variant(1 + 3 + 2, {"n": 3, "phi": "none"})},
+            # pass 1: the max of the leaving gradient (r); pass 2: p r/w, g r, m r/w, the window's slot r/w
+            traffic=8, kernels=2,
+            nonfinite=("coordinate (φ = max/mean: once the entry leaves the window, v = inf stops the rest of the "
+                       "tensor)", "tensor, once the entry leaves the window (φ = none: coordinate)"),
+        ),
+        OptimEntry(
+            "cprop_adam", CPropAdam, _CPROP, _ADAM_ARGS,
+            state="m, v and CProp's running moments μ and M",
+            variants={"": Variant(4, {"cprop_beta": 0.9})},
+            traffic=11, kernels=1, nonfinite=_COORDINATE,  # p r/w, g r, m, v, μ, M r/w
+        ),
+        OptimEntry(
+            "cprop_sgd", CPropSGD, _CPROP,
+            state="CProp's running moments μ and M, and the momentum buffer when momentum > 0 (torch.optim.SGD's)",
+            variants={"": Variant(2, {"cprop_beta": 0.9}),
+                      "momentum": Variant(3, {"momentum": 0.9, "dampening": 0.1, "cprop_beta": 0.9}),
+                      "nesterov": Variant(3, {"momentum": 0.9, "nesterov": True, "cprop_beta": 0.9})},
+            traffic=9, kernels=1, nonfinite=_COORDINATE, lr=0.05,  # p r/w, g r, buffer, μ, M r/w
+            bench={"momentum": 0.9},
+        ),
+        OptimEntry(
+            "generic_adam", GenericAdam, "Zou et al. CVPR 2019, arXiv 1811.09358",
+            state="m, v",
+            variants={
+                "": Variant(2),
+                # AdaGrad: β = 0, θ_t = 1 − 1/t, α_t = lr/√t
+                "adagrad": Variant(2, {"beta": 0.0, "theta": 0.0, "theta_power": 1.0, "lr_power": 0.5}),
+                "callables": Variant(2, {"beta": lambda t: 0.9 - 0.4 / t, "theta": lambda t: 1 - 0.5 / t}),
+            },
+            traffic=7, kernels=1, nonfinite=_COORDINATE,  # p r/w, g r, m r/w, v r/w
+        ),
     )
 }
+
+
+def variants() -> dict[str, tuple[OptimEntry, Variant]]:
+    """Every variant of every entry by its full name (``adasam``, ``adasam_bias_correction``, ...)."""
+    return {n: (e, v) for e in OPTIMIZERS.values() for n, v in e.named_variants().items()}
 
 
 def _entry(name: str) -> OptimEntry:
@@ -164,4 +279,13 @@ def markdown_table() -> str:
         hf = ", ".join(f"{k} ← {'/'.join((f,) if isinstance(f, str) else f)}" for k, f in e.hf_args.items())
         cls = f"`{e.cls.__module__}.{e.cls.__name__}`{fixed}"
         lines.append(f"| `{e.name}` | {cls} | {e.paper} | {knobs} | lr, weight_decay{', ' + hf if hf else ''} |")
+    return "\n".join(lines)
+
+
+def nonfinite_table() -> str:
+    """The table of how far a non-finite gradient entry spreads, from the entries' ``nonfinite`` claims
+    (docs/generate.py writes it into docs/numerics.md, tests/test_docs.py keeps it equal; tests/test_kernel_net.py
+    checks each claim's first word)."""
+    lines = ["| `optim=` | one inf gradient entry makes NaN | one NaN gradient entry makes NaN |", "|---|---|---|"]
+    lines += [f"| `{e.name}` | {e.nonfinite[0]} | {e.nonfinite[1]} |" for e in OPTIMIZERS.values()]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The differential net's harness: every optimizer variant, in every impl and parameter dtype, run on a
-random problem and compared with the float64 single-tensor path on the same inputs.
+random problem and compared with the float64 single-tensor path on the same inputs. The variants are the
+registry's (``hf_adasam.registry.OptimEntry.variants``): a registered optimizer is in the net by being registered.
 
 The reference is the plain single-tensor loop in float64, the form closest to the formulas of
 docs/algorithms.md; its hand-computed test vectors (tests per optimizer) tie that loop to the math. A deviation
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
+from hf_adasam import registry
 
 IMPLS = ("single", "foreach", "compiled")
 # where the optimizers run (the float64 reference always runs on the CPU): `HF_ADASAM_NET_DEVICE=cuda pytest
@@ -40,35 +41,15 @@ class Variant:
     impls: tuple[str, ...] = IMPLS
 
 
-# AdaShift runs with n = 3 so that 12 steps are mostly updates, not window filling.
-VARIANTS: dict[str, Variant] = {
-    "adasam": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, impl=i)),
-    "adasam_bias_correction": Variant("adasam", 1e-2, lambda g, i: AdaSAM(g, bias_correction=True, impl=i)),
-    "set_adam": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, impl=i)),
-    "set_adam_p1_tau0.9": Variant("set_adam", 1e-2, lambda g, i: SETAdam(g, p=1.0, tau=0.9, impl=i)),
-    "radam": Variant("radam", 1e-2, lambda g, i: RAdam(g, decoupled_weight_decay=True, impl=i)),
-    "adai": Variant("adai", 0.1, lambda g, i: Adai(g, lr=0.1, impl=i)),
-    "adaiw": Variant("adaiw", 0.1, lambda g, i: Adai(g, lr=0.1, decoupled=True, impl=i)),
-    "adashift_max": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, impl=i)),
-    "adashift_mean": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, phi="mean", impl=i)),
-    "adashift_none": Variant("adashift", 1e-2, lambda g, i: AdaShift(g, n=3, phi="none", impl=i)),
-    "cprop_adam": Variant("cprop_adam", 1e-2, lambda g, i: CPropAdam(g, cprop_beta=0.9, impl=i)),
-    "cprop_sgd": Variant("cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, cprop_beta=0.9, impl=i)),
-    "cprop_sgd_momentum": Variant(
-        "cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, momentum=0.9, dampening=0.1, cprop_beta=0.9, impl=i)
-    ),
-    "cprop_sgd_nesterov": Variant(
-        "cprop_sgd", 0.05, lambda g, i: CPropSGD(g, lr=0.05, momentum=0.9, nesterov=True, cprop_beta=0.9, impl=i)
-    ),
-    "generic_adam": Variant("generic_adam", 1e-2, lambda g, i: GenericAdam(g, impl=i)),
-    "generic_adam_adagrad": Variant(  # AdaGrad: beta = 0, theta_t = 1 - 1/t, alpha_t = lr / sqrt(t)
-        "generic_adam", 1e-2, lambda g, i: GenericAdam(g, beta=0.0, theta=0.0, theta_power=1.0, lr_power=0.5, impl=i)
-    ),
-    "generic_adam_callables": Variant(
-        "generic_adam", 1e-2, lambda g, i: GenericAdam(g, beta=lambda t: 0.9 - 0.4 / t, theta=lambda t: 1 - 0.5 / t,
-                                                       impl=i)
-    ),
-}
+def _variant(entry: registry.OptimEntry, variant: registry.Variant) -> Variant:
+    def build(groups: list[dict], impl: str) -> torch.optim.Optimizer:
+        return registry.create_optimizer(entry.name, groups, lr=entry.lr, impl=impl, **variant.knobs)
+
+    return Variant(entry.name, entry.lr, build)
+
+
+# every knob setting of every registered optimizer, at the entry's lr: adasam, adasam_bias_correction, ...
+VARIANTS: dict[str, Variant] = {name: _variant(e, v) for name, (e, v) in registry.variants().items()}
 
 # The two groups hold tensors of the same shapes (a 0-d tensor enters a compiled kernel as a 1-element
 # view), so both groups run one compiled graph per variant and dtype: half the compile time.

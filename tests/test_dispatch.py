@@ -69,22 +69,20 @@ def _counts(step) -> tuple[int, int]:
     return sum(e.name.startswith("Torch-Compiled Region") for e in calls), len(calls)
 
 
-EXTRA = {"adai": {"lr": 0.1}, "adaiw": {"lr": 0.1}, "cprop_sgd": {"lr": 0.1, "momentum": 0.9}}
-
-
 @pytest.mark.parametrize("name", sorted(hf_adasam.OPTIMIZERS))
 def test_compiled_calls_per_step_are_the_same_at_100_and_500_tensors(name: str) -> None:
+    """As many compiled calls per step as the registry says the algorithm has kernels, per param group (two)."""
+    entry = hf_adasam.OPTIMIZERS[name]
     counts = {}
     for n in (100, 500):
         params, groups = _model(n)
-        opt = hf_adasam.create_optimizer(name, groups, impl="compiled", **{"lr": 1e-3, **EXTRA.get(name, {})})
+        opt = hf_adasam.create_optimizer(name, groups, impl="compiled", **entry.bench_kwargs())
         for t in range(12):  # past AdaShift's window (n = 10), whose first steps only fill it
             _set_grads(params, t)
             opt.step()
         _set_grads(params, 99)
         counts[n] = _counts(opt.step)
-    compiled_100 = counts[100][0]
-    assert 1 <= compiled_100 <= 2 * 2, counts  # one or two kernels per step, per param group (two groups)
+    assert counts[100][0] == 2 * entry.kernels, f"{name}: the registry says {entry.kernels} kernels; {counts}"
     assert counts[100] == counts[500], f"{name}: (compiled calls, dispatcher calls) per step {counts}"
 
 
@@ -226,7 +224,7 @@ def test_auto_runs_foreach_until_the_budget_is_spent_then_compiled(monkeypatch, 
             params = [p.detach().double().requires_grad_() for p in params]
             groups = [{"params": params[: len(params) // 2], "weight_decay": 0.01},
                       {"params": params[len(params) // 2 :]}]
-            opt = hf_adasam.create_optimizer(name, groups, impl=impl, **{"lr": 1e-3, **EXTRA.get(name, {})})
+            opt = hf_adasam.create_optimizer(name, groups, impl=impl, **hf_adasam.OPTIMIZERS[name].bench_kwargs())
             used = []
             for t in range(4):
                 used.append(opt.kernel_impl)
@@ -303,6 +301,6 @@ def test_one_graph_per_kernel_whatever_the_bucket(name: str) -> None:
         for t in range(4):
             _set_grads(params, t)
             opt.step()
-    kernels = {"adasam": 1, "set_adam": 2, "adashift": 2}[name]
+    kernels = hf_adasam.OPTIMIZERS[name].kernels
     assert counters["stats"]["unique_graphs"] == kernels, dict(counters["stats"])
     assert not counters["recompiles"], dict(counters["recompiles"])

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 import hf_adasam
 from hf_adasam.optim import _base
+from hf_adasam.registry import OPTIMIZERS, SPREAD
 
 from . import _kernel_net as net
 from ._kernel_net import DTYPES, STEPS, VARIANTS, Problem, deviation, distance, random_problem, reference, run
@@ -69,10 +68,6 @@ def _check(got: list[torch.Tensor], ref: list[torch.Tensor], x0: list[torch.Tens
         budget = STEPS * UNIT_ROUNDOFF[dtype] * max(r.abs().max().item() for r in ref) / moved + 0.1
         assert dev <= budget, f"{what}: deviation {dev:.2e} of the distance moved > {budget:.2e}"
     return dev
-
-
-def test_the_net_covers_every_registered_optimizer() -> None:
-    assert {v.optim for v in VARIANTS.values()} == set(hf_adasam.OPTIMIZERS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
@@ -174,18 +169,15 @@ def test_situations_in_float32_stay_within_the_float64_reference(name: str, impl
         _check(got, ref, x0, torch.float32, f"{name}/{impl}/{situation}", must_move=False)
 
 
-# Documented in docs/numerics.md#non-finite-gradients: with |g| = 1e20 in float32, g² overflows to inf; these
-# optimizers' per-tensor or global statistics then turn weights into NaN, the others take a bounded step.
-SQUARE_OVERFLOW_NAN = {"set_adam", "adai", "adaiw"}
-
-
 @pytest.mark.parametrize(("name", "impl"), CASES)
 def test_float32_gradients_whose_square_overflows_behave_as_documented(name: str, impl: str) -> None:
+    """With |g| = 1e20 in float32, g² overflows to inf: the entries that say so (``overflow_nan``: per-tensor or
+    global statistics, docs/numerics.md#non-finite-gradients) turn weights into NaN, the others take a bounded step."""
     problem = SITUATIONS["grad_scale_1e+20"]
     got, _ = run(name, impl, torch.float32, problem)
     finite = all(torch.isfinite(p).all() for p in got)
-    optim = VARIANTS[name].optim
-    assert finite == (optim not in SQUARE_OVERFLOW_NAN)
+    claimed_nan = OPTIMIZERS[VARIANTS[name].optim].overflow_nan
+    assert finite == (not claimed_nan), f"{name}/{impl}: the registry says overflow_nan={claimed_nan}"
     if finite:  # never further than the float64 computation moved
         x0 = problem.cast(torch.float32).x0
         ref = reference(name, problem, torch.float32)
@@ -239,9 +231,12 @@ def test_state_dict_saved_mid_run_continues_in_another_impl(name: str, save_impl
 # ----------------------------------------------------------------------------------------------
 # bad input gets an answer at construction
 # ----------------------------------------------------------------------------------------------
+# every entry's base variant, but RAdam's: it keeps torch.optim.RAdam's constructor (complex parameters included)
+BASES = [next(iter(e.named_variants())) for e in OPTIMIZERS.values() if issubclass(e.cls, _base.KernelOptimizer)]
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
-@pytest.mark.parametrize("name", ["adasam", "set_adam", "adai", "adashift_max", "cprop_adam", "cprop_sgd",
-                                  "generic_adam"])
+@pytest.mark.parametrize("name", BASES)
 def test_complex_and_integer_params_are_refused_at_construction(name: str, dtype: torch.dtype) -> None:
     p = torch.zeros(3, dtype=dtype)
     with pytest.raises(ValueError, match=r"Invalid parameter dtype: torch\.(complex64|int64|bool)"):
@@ -301,19 +296,8 @@ def test_deviation_is_relative_to_the_distance_moved() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the table in docs/numerics.md of what a non-finite gradient does
+# what a non-finite gradient does: each entry's ``nonfinite`` claim (the README's table is generated from them)
 # ----------------------------------------------------------------------------------------------
-def _nonfinite_table() -> dict[str, tuple[str, str]]:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "numerics.md").read_text()
-    body = re.search(r"<!-- nonfinite-table.*?-->\n(.*?)<!-- end nonfinite-table -->", text, re.S)
-    assert body, "docs/numerics.md lost its nonfinite-table"
-    rows = {}
-    for line in body.group(1).splitlines()[2:]:
-        optim, inf_cell, nan_cell = (c.strip() for c in line.strip().strip("|").split("|"))
-        rows[optim.strip("`")] = (inf_cell.split()[0].strip(","), nan_cell.split()[0].strip(","))
-    return rows
-
-
 def _spread(got: list[torch.Tensor]) -> str:
     bad = [(~torch.isfinite(p)).sum().item() for p in got]
     if bad[0] == 1 and sum(bad) == 1:
@@ -326,15 +310,16 @@ def _spread(got: list[torch.Tensor]) -> str:
 
 
 @pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
-@pytest.mark.parametrize("optim", sorted(hf_adasam.OPTIMIZERS))
-def test_readme_says_how_far_a_nonfinite_gradient_spreads(optim: str, bad: float) -> None:
-    claimed = _nonfinite_table()[optim][0 if bad == math.inf else 1]
-    name = next(n for n, v in VARIANTS.items() if v.optim == optim)  # the default knobs (AdaShift: phi=max)
+@pytest.mark.parametrize("optim", sorted(OPTIMIZERS))
+def test_a_nonfinite_gradient_spreads_as_far_as_the_registry_says(optim: str, bad: float) -> None:
+    claimed = OPTIMIZERS[optim].nonfinite[0 if bad == math.inf else 1].split()[0].strip(",")
+    assert claimed in SPREAD, f"{optim}: a nonfinite claim starts with one of {SPREAD}, not {claimed!r}"
+    name = next(iter(OPTIMIZERS[optim].named_variants()))  # the base variant (AdaShift: phi=max)
     problem = random_problem(11, steps=14)
     problem.grads[3][0][1, 2] = bad
     for impl in VARIANTS[name].impls:
         got, _ = run(name, impl, torch.float32, problem)
-        assert _spread(got) == claimed, f"{optim}/{impl}: docs/numerics.md says {claimed}"
+        assert _spread(got) == claimed, f"{optim}/{impl}: the registry (and docs/numerics.md) says {claimed}"
 
 
 def test_a_kernel_says_once_that_it_compiles(monkeypatch) -> None:

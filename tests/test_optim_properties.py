@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
 
-from hf_adasam.optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, SETAdam
+from hf_adasam.optim import AdaSAM
+from hf_adasam.registry import create_optimizer, variants
 
-# Non-default knobs where they exercise more of the kernel (weight decay, bias correction, a short
-# AdaShift window so updates start within a few steps).
-FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adasam": lambda ps, **kw: AdaSAM(ps, lr=1e-2, weight_decay=0.1, **kw),
-    "adasam_bc": lambda ps, **kw: AdaSAM(ps, lr=1e-2, bias_correction=True, **kw),
-    "set_adam": lambda ps, **kw: SETAdam(ps, lr=1e-2, weight_decay=0.1, **kw),
-    "adai": lambda ps, **kw: Adai(ps, lr=0.1, weight_decay=1e-2, **kw),
-    "adaiw": lambda ps, **kw: Adai(ps, lr=0.1, weight_decay=1e-2, decoupled=True, **kw),
-    "adashift": lambda ps, **kw: AdaShift(ps, lr=1e-2, n=2, weight_decay=0.1, **kw),
-    "adashift_none": lambda ps, **kw: AdaShift(ps, lr=1e-2, n=3, phi="none", **kw),
-    "cprop_adam": lambda ps, **kw: CPropAdam(ps, lr=1e-2, weight_decay=0.1, cprop_beta=0.9, **kw),
-    "cprop_sgd": lambda ps, **kw: CPropSGD(ps, lr=0.1, momentum=0.9, nesterov=True, cprop_beta=0.9, **kw),
-    "generic_adam": lambda ps, **kw: GenericAdam(ps, lr=1e-2, theta=0.1, theta_power=1.0, lr_power=0.5, **kw),
-}
+# Every variant of every registered optimizer (the registry's knob settings, at the entry's lr), with weight decay
+# on: the property tests run each.
+VARIANTS = variants()
+
+
+def make(name: str, params: list, **kw) -> torch.optim.Optimizer:
+    entry, variant = VARIANTS[name]
+    return create_optimizer(entry.name, params, **{"lr": entry.lr, "weight_decay": 0.1, **variant.knobs, **kw})
+
+
 SHAPES = [(3, 4), (5,), (2, 3, 2), (1,), (7, 1)]
 
 
@@ -49,28 +45,28 @@ def _run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: int, see
         opt.step()
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_foreach_matches_single_tensor_on_three_groups_mixed_shapes(name: str) -> None:
     results = {}
     for impl in ("single", "foreach"):
         params = _params()
-        _run(FACTORIES[name](_groups(params), impl=impl), params, steps=7)
+        _run(make(name, _groups(params), impl=impl), params, steps=7)
         results[impl] = params
     for a, b in zip(results["single"], results["foreach"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert not torch.equal(results["foreach"][0], _params()[0]), "the optimizer never moved the params"
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_state_dict_round_trip_resumes_bit_identically(name: str) -> None:
     params = _params()
-    opt = FACTORIES[name](_groups(params))
+    opt = make(name, _groups(params))
     _run(opt, params, steps=4)
     saved_params = [p.detach().clone().requires_grad_() for p in params]
     saved_state = copy.deepcopy(opt.state_dict())
     _run(opt, params, steps=5, seed=7)
 
-    resumed = FACTORIES[name](_groups(saved_params))
+    resumed = make(name, _groups(saved_params))
     resumed.load_state_dict(saved_state)
     _run(resumed, saved_params, steps=5, seed=7)
     for a, b in zip(params, saved_params, strict=True):
@@ -78,11 +74,11 @@ def test_state_dict_round_trip_resumes_bit_identically(name: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_runs_in_param_dtype(name: str, dtype: torch.dtype) -> None:
     params = _params(dtype)
     before = [p.detach().clone() for p in params]
-    opt = FACTORIES[name](_groups(params))
+    opt = make(name, _groups(params))
     _run(opt, params, steps=6)
     for p in params:
         assert p.dtype == dtype and torch.isfinite(p).all()
@@ -93,20 +89,20 @@ def test_runs_in_param_dtype(name: str, dtype: torch.dtype) -> None:
                 assert v.dtype == dtype
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_sparse_gradients_are_rejected(name: str) -> None:
     p = torch.zeros(4, requires_grad=True)
-    opt = FACTORIES[name]([p])
+    opt = make(name, [p])
     p.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,))
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_params_without_grad_are_untouched_and_closure_loss_returned(name: str) -> None:
     params = _params()
     frozen = params[1].detach().clone()
-    opt = FACTORIES[name]([{"params": params}])
+    opt = make(name, [{"params": params}])
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -121,13 +117,13 @@ def test_params_without_grad_are_untouched_and_closure_loss_returned(name: str) 
     assert params[1] not in opt.state or not opt.state[params[1]]
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_compiled_kernel_matches_foreach(name: str) -> None:
     torch._dynamo.reset()
     results = {}
     for impl in ("foreach", "compiled"):
         params = _params()
-        opt = FACTORIES[name](_groups(params), impl=impl)
+        opt = make(name, _groups(params), impl=impl)
         assert opt.impl == impl
         g = torch.Generator().manual_seed(3)
         for step in range(6):

@@ -1,4 +1,8 @@
-"""The README states facts that live in code; these tests keep the two equal."""
+"""The README states facts that live in code; these tests keep the two equal.
+
+The generated tables (README's optimizer table, docs' defaults, knobs, versions and non-finite tables) are written by
+``python docs/generate.py`` and kept equal by tests/test_docs.py; the tests here keep the README's other facts true.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,21 @@ import json
 import re
 from pathlib import Path
 
-from hf_adasam.registry import markdown_table
 from hf_adasam.transformers_integration import _internals
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_optimizer_table_is_the_generated_one() -> None:
-    text = README.read_text()
-    m = re.search(r"<!-- optimizer-table:[^\n]*-->\n(.*?)<!-- end optimizer-table -->", text, re.S)
-    assert m, "README lost its optimizer-table markers"
-    assert m.group(1).strip() == markdown_table(), "regenerate with hf_adasam.registry.markdown_table()"
+def _pattern(marker: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {marker}:[^\n]*-->\n)(.*?)(<!-- end {marker} -->)", re.S)
+
+
+def _page(marker: str) -> Path:
+    """The page (README.md, or one of docs/) that holds ``marker``'s block."""
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        if _pattern(marker).search(page.read_text()):
+            return page
+    raise AssertionError(f"no page holds the {marker} markers (README.md, docs/*.md)")
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -27,9 +35,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def _block(marker: str) -> str:
-    m = re.search(rf"<!-- {marker}:[^\n]*-->\n(.*?)<!-- end {marker} -->", README.read_text(), re.S)
-    assert m, f"README lost its {marker} markers"
-    return m.group(1).strip()
+    return _pattern(marker).search(_page(marker).read_text()).group(2).strip()
 
 
 def test_readme_main_job_figures_come_from_the_committed_results() -> None:
