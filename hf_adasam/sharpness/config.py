@@ -1,8 +1,9 @@
 """``SAMConfig``: every SAM knob once, with its default, its check and its help text (spec §1, §3).
 
 Everything else derives from this class: ``SAM(...)``'s keywords, ``SAMTrainingArguments``'
-``sam_*`` fields, the SAM keys of ``optim_args``, the start-up log line, the model card, the
-launcher's ``--help`` and the README's knob table. A run resolves its settings once
+``sam_*`` fields (both written out in the source for IDEs and type checkers, generated from this class and
+kept equal to it by a test), the SAM keys of ``optim_args`` (:func:`split_sam_keys`), the start-up log line,
+the model card, the launcher's ``--help`` and the README's knob table. A run resolves its settings once
 (:meth:`SAMConfig.resolve`) and keeps the frozen result.
 
 ``rho`` has no single default: the method's (0.05, or ASAM's 0.5) where SAM is asked for (``SAM(...)``,
