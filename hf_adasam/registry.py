@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from .optim import Adai, AdaSAM, AdaShift, CPropAdam, CPropSGD, GenericAdam, RAdam, SETAdam
-from .optim_args import convert, format_value, split_pairs
-from .sharpness.config import SAMConfig
+from .optim_args import convert, format_value
+from .sharpness.config import SAMConfig, split_sam_keys
 
 __all__ = ["OPTIMIZERS", "OptimEntry", "Variant", "create_optimizer", "markdown_table", "nonfinite_table",
            "optimizer_kwargs", "parse_optim_args", "variants"]
@@ -207,9 +207,8 @@ def parse_optim_args(name: str, optim_args: str | Mapping[str, str] | None) -> d
     """
     knobs = _entry(name).knobs()
     out: dict[str, Any] = {}
-    for key, raw in split_pairs(optim_args).items():
-        if key in SAMConfig.__dataclass_fields__:
-            continue
+    _, own = split_sam_keys(optim_args)
+    for key, raw in own.items():
         if key not in knobs:
             raise ValueError(
                 f"optim_args: unknown key {key!r} for optim={name!r}; valid keys: {', '.join(sorted(knobs))} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import typing
 import warnings
 
 import pytest
@@ -14,7 +15,10 @@ import torch
 
 import hf_adasam
 from hf_adasam import SAMConfig
+from hf_adasam.sharpness.config import split_sam_keys
+from hf_adasam.transformers_integration.arguments import SAMArgumentsMixin, without_sam_keys
 
+from . import _sam_declarations as decl
 from ._tiny import TokenDataset, tiny_bert
 
 F64 = torch.float64
@@ -185,3 +189,48 @@ def test_everything_derives_from_the_config() -> None:
     assert SAMConfig.resolve({}, sam_asked=False).rho == 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         SAMConfig().rho = 1.0  # type: ignore[misc]
+
+
+def test_the_declared_knobs_say_what_samconfig_says() -> None:
+    """SAM(...)'s knob keywords and SAMTrainingArguments' sam_* fields are written out in the source (IDEs and type
+    checkers see them); a knob added to SAMConfig, or a name, type, default or help changed there, fails here."""
+    hint = f"the declarations differ from SAMConfig: run `{decl.GENERATOR}`"
+    params = list(inspect.signature(hf_adasam.SAM.__init__).parameters.values())
+    knobs = [p for p in params if p.kind is p.KEYWORD_ONLY][3:]  # after total_steps, no_sync, named_parameters
+    assert [p.name for p in knobs] == [f.name for f in SAMConfig.knobs(trainer=False)], hint
+    for p, f in zip(knobs, SAMConfig.knobs(trainer=False), strict=True):
+        assert p.annotation == f.type, (p.name, hint)
+        assert p.default == f.default and type(p.default) is type(f.default), (p.name, hint)
+    assert params[-1].kind is inspect.Parameter.VAR_KEYWORD  # any other keyword: the one-line "unknown SAM knob"
+
+    annotations = inspect.get_annotations(SAMArgumentsMixin)
+    assert [n for n in annotations if n.startswith("sam_")] == [f"sam_{f.name}" for f in SAMConfig.knobs()], hint
+    fields = {f.name: f for f in dataclasses.fields(hf_adasam.SAMTrainingArguments)}
+    for f in SAMConfig.knobs():
+        field = fields[f"sam_{f.name}"]
+        assert annotations[field.name] == decl.argument_type(f), (field.name, hint)
+        assert field.default is None, (field.name, hint)
+        assert field.metadata["help"] == decl.argument_help(f) + "%(default).0s", (field.name, hint)
+        flag = ("?", True) if decl.is_flag(f) else (None, None)
+        assert (field.metadata.get("nargs"), field.metadata.get("const")) == flag, (field.name, hint)
+    assert typing.get_type_hints(SAMArgumentsMixin)["sam_ae_lambdas"] == list[float] | None  # what the parser reads
+    # and running the generator would change nothing
+    assert decl.current(decl.SAM) == decl.sam_keywords(), hint
+    assert decl.current(decl.ARGUMENTS) == decl.argument_fields(), hint
+
+
+def test_a_keyword_at_its_default_is_not_a_setting_but_a_wrong_type_is_checked() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eta at its default without adaptive: nothing to warn about
+        assert hf_adasam.SAM(torch.optim.SGD(_Lin().parameters(), lr=0.1), eta=0.01).config.eta == 0.01
+    with pytest.raises(ValueError) as err:
+        hf_adasam.SAM(torch.optim.SGD(_Lin().parameters(), lr=0.1), adaptive=0)  # 0 == False, but not a bool
+    assert str(err.value) == "SAM: adaptive='0' is invalid: allowed true or false; default false"
+
+
+def test_optim_args_split_into_sam_keys_and_the_optimizers() -> None:
+    sam, rest = split_sam_keys("betas=0.9:0.99, rho=0.1,policy=ae ,eps=1e-8")
+    assert (sam, rest) == ({"rho": "0.1", "policy": "ae"}, {"betas": "0.9:0.99", "eps": "1e-8"})
+    assert split_sam_keys({"looksam_k": 3, "n": 10}) == ({"looksam_k": 3}, {"n": 10})
+    assert split_sam_keys(None) == ({}, {})
+    assert without_sam_keys("rho=0.1,betas=0.9:0.99") == "betas=0.9:0.99" and without_sam_keys("rho=0") is None

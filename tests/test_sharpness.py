@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hf_adasam
-from hf_adasam.sharpness import AESAM, EveryK, LookSAM, Perturbation, make_policy
+from hf_adasam.sharpness import AESAM, EveryK, LookSAM, Perturbation, Policy, SAMConfig
 
 F64 = torch.float64
 
@@ -99,7 +99,7 @@ AE_SPEC = [  # ‖g‖², μ, σ², c, threshold, SAM?
 
 
 def test_ae_sam_decisions_match_spec_vector() -> None:
-    policy = make_policy("ae", total_steps=6, ae_delta=0.9, ae_lambdas=(-1, 1))
+    policy = Policy.from_config(SAMConfig(policy="ae", ae_delta=0.9, ae_lambdas=(-1, 1)), total_steps=6)
     assert isinstance(policy, AESAM)
     for t, (gsq, mu, var, c, thr, sam) in enumerate(AE_SPEC):
         assert policy.decide(t, float(gsq)) is sam
@@ -133,11 +133,18 @@ def test_looksam_k2_trajectory_matches_spec_and_pays_passes_per_policy() -> None
 
 
 def test_ae_looksam_without_stored_gv_takes_a_plain_step() -> None:
-    policy = make_policy("ae_looksam", total_steps=10)
+    policy = Policy.from_config(SAMConfig(policy="ae_looksam"), total_steps=10)
     assert isinstance(policy, LookSAM) and isinstance(policy.trigger, AESAM)
     g = [torch.tensor([1.0, 2.0])]
     policy.reuse(g)
     assert torch.equal(g[0], torch.tensor([1.0, 2.0]))
+
+
+def test_make_policy_is_a_deprecated_alias_of_policy_from_config() -> None:
+    with pytest.warns(DeprecationWarning, match=r"use Policy\.from_config"):
+        policy = hf_adasam.sharpness.make_policy("looksam", looksam_k=3, looksam_alpha=0.5)
+    assert isinstance(policy, LookSAM) and isinstance(policy.trigger, EveryK)
+    assert (policy.trigger.k, policy.alpha) == (3, 0.5)
 
 
 def test_plain_sam_state_dict_resumes_base_and_policy_identically() -> None:

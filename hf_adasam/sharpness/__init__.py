@@ -2,7 +2,8 @@
 
 - :mod:`.config`: :class:`SAMConfig`, every knob's default, check and help text;
 - :mod:`.perturbation`: w ← w + e (SAM, ASAM) and the bit-exact restore;
-- :mod:`.policies`: when a micro-batch pays the second pass (always, AE-SAM, LookSAM, AE-LookSAM);
+- :mod:`.policies`: :class:`Policy`, when a micro-batch pays the second pass (always, AE-SAM, LookSAM,
+  AE-LookSAM);
 - :mod:`.step`: the two-pass micro-step :class:`SAMStep` that composes them;
 - :mod:`.sam`: :class:`SAM`, that step as a ``torch.optim.Optimizer`` wrapper for plain loops.
 
@@ -11,9 +12,9 @@
 
 from .config import DEFAULT_RHO, POLICIES, SAMConfig
 from .perturbation import Perturbation
-from .policies import AESAM, Always, EveryK, LookSAM, make_policy
+from .policies import AESAM, Always, EveryK, LookSAM, Policy, make_policy
 from .sam import SAM
 from .step import SAMStep
 
-__all__ = ["AESAM", "DEFAULT_RHO", "POLICIES", "SAM", "Always", "EveryK", "LookSAM", "Perturbation", "SAMConfig",
-           "SAMStep", "make_policy"]
+__all__ = ["AESAM", "DEFAULT_RHO", "POLICIES", "SAM", "Always", "EveryK", "LookSAM", "Perturbation", "Policy",
+           "SAMConfig", "SAMStep", "make_policy"]

@@ -1,9 +1,10 @@
 """``SAMConfig``: every SAM knob once, with its default, its check and its help text (docs/sam.md#knobs).
 
 Everything else derives from this class: ``SAM(...)``'s keywords, ``SAMTrainingArguments``'
-``sam_*`` fields, the SAM keys of ``optim_args``, the start-up log line, the model card, the
-launcher's ``--help`` and the knob tables of docs/sam.md and docs/algorithms.md. A run resolves its settings once
-(:meth:`SAMConfig.resolve`) and keeps the frozen result.
+``sam_*`` fields (both written out in the source for IDEs and type checkers, generated from this class and
+kept equal to it by a test), the SAM keys of ``optim_args`` (:func:`split_sam_keys`), the start-up log line,
+the model card, the launcher's ``--help`` and the knob tables of docs/sam.md and docs/algorithms.md. A run
+resolves its settings once (:meth:`SAMConfig.resolve`) and keeps the frozen result.
 
 ``rho`` has no single default: the method's (0.05, or ASAM's 0.5) where SAM is asked for (``SAM(...)``,
 ``optim="adasam"``), else 0 (off). It stays ``None`` until :meth:`SAMConfig.resolve` fills it in.
@@ -20,7 +21,7 @@ from typing import Any
 from .._logging import HfAdasamWarning
 from ..optim_args import convert, format_value, split_pairs
 
-__all__ = ["DEFAULT_RHO", "POLICIES", "SAMConfig", "knob_table"]
+__all__ = ["DEFAULT_RHO", "POLICIES", "SAMConfig", "knob_table", "split_sam_keys"]
 
 # SAM's radius, and ASAM's (indexed by ``adaptive``): docs/algorithms.md#sam-and-asam
 DEFAULT_RHO: dict[bool, float] = {False: 0.05, True: 0.5}
@@ -155,7 +156,7 @@ class SAMConfig:
     def from_optim_args(cls, optim_args: str | Mapping[str, str] | None, *, optim: str | None = None,
                         sam_asked: bool | None = None) -> dict[str, Any]:
         """The SAM keys of ``optim_args``, typed and checked (other keys are the optimizer's)."""
-        pairs = {k: v for k, v in split_pairs(optim_args).items() if k in cls.__dataclass_fields__}
+        pairs, _ = split_sam_keys(optim_args)
         cfg = cls.from_values(pairs, source="optim_args: ", optim=optim, sam_asked=sam_asked)
         return {k: getattr(cfg, k) for k in pairs}
 
@@ -216,6 +217,16 @@ class SAMConfig:
             return "hf-adasam: SAM off (rho=0): plain optimizer steps"
         knobs = ", ".join(f"{k}={format_value(v)}" for k, v in self.as_dict(active_only=True).items())
         return f"hf-adasam: SAM on: {knobs}"
+
+
+def split_sam_keys(optim_args: str | Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``optim_args`` (a ``"k=v,k=v"`` string or a mapping) split into its SAM keys (:class:`SAMConfig`'s knobs) and
+    the rest (the optimizer's keys), each in the given order; the values as given."""
+    sam: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in split_pairs(optim_args).items():
+        (sam if key in SAMConfig.__dataclass_fields__ else rest)[key] = value
+    return sam, rest
 
 
 def knob_table() -> str:

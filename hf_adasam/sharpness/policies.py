@@ -11,6 +11,7 @@ and checks live in :class:`~hf_adasam.sharpness.config.SAMConfig`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -20,28 +21,31 @@ from ..sharding import LOCAL, Reduction
 from .config import POLICIES, SAMConfig
 from .perturbation import NORM_EPS as _NORM_EPS
 
-__all__ = ["AESAM", "POLICIES", "Always", "EveryK", "LookSAM", "make_policy", "policy_from_config"]
+__all__ = ["AESAM", "POLICIES", "Always", "EveryK", "LookSAM", "Policy", "make_policy"]
 
 _D = SAMConfig()  # the knobs' defaults, read from the one place they live
 
 
-# ----------------------------------------------------------------------------------------------
-# policies: decide(t, ‖g‖²) -> SAM step?; after_sam(g, g_sam); reuse(g) edits a plain step's g in place.
-# ``reduce`` makes dot products and norms global over shards (FSDP2): g_v is then kept shard by shard
-# ----------------------------------------------------------------------------------------------
-class Always:
-    """Every micro-batch pays the second pass (plain SAM)."""
+class Policy:
+    """When a micro-batch pays the second pass, and what a plain step does instead.
 
-    name = "always"
+    :class:`~hf_adasam.sharpness.step.SAMStep` calls, per micro-batch, :meth:`decide` with the pass-1 ‖g‖²; after
+    a second pass :meth:`after_sam` with g and g_sam; otherwise :meth:`reuse`, which may edit g in place. ``reduce``
+    makes dot products and norms global over shards (FSDP2): stored vectors are then kept shard by shard.
+    Build one with :meth:`from_config`.
+    """
+
+    name: str
 
     def decide(self, t: int, grad_sq_norm: float) -> bool:
-        return True
+        """Whether optimizer step ``t``'s micro-batch, whose pass-1 gradient has ‖g‖² ``grad_sq_norm``, pays pass 2."""
+        raise NotImplementedError
 
     def after_sam(self, grads: list[Tensor], sam_grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
-        pass
+        """After a second pass: ``grads`` is g (pass 1), ``sam_grads`` g_sam (pass 2, the step's direction)."""
 
     def reuse(self, grads: list[Tensor], reduce: Reduction = LOCAL) -> None:
-        pass
+        """A plain step: the direction is ``grads`` (g), edited in place if the policy reuses something."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -49,8 +53,28 @@ class Always:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @staticmethod
+    def from_config(config: SAMConfig, total_steps: int = 1) -> Policy:
+        """The policy ``config.policy`` names, with ``config``'s knobs; ``total_steps`` is AE-SAM's horizon T."""
+        if config.policy == "always":
+            return Always()
+        if config.policy == "ae":
+            return AESAM(total_steps, config.ae_delta, config.ae_lambdas)
+        if config.policy == "looksam":
+            return LookSAM(EveryK(config.looksam_k), config.looksam_alpha)
+        return LookSAM(AESAM(total_steps, config.ae_delta, config.ae_lambdas), config.looksam_alpha)  # ae_looksam
 
-class EveryK(Always):
+
+class Always(Policy):
+    """Every micro-batch pays the second pass (plain SAM)."""
+
+    name = "always"
+
+    def decide(self, t: int, grad_sq_norm: float) -> bool:
+        return True
+
+
+class EveryK(Policy):
     """A SAM step at optimizer steps t = 0, k, 2k, ... (LookSAM's trigger)."""
 
     name = "every_k"
@@ -62,7 +86,7 @@ class EveryK(Always):
         return t % self.k == 0
 
 
-class AESAM(Always):
+class AESAM(Policy):
     r"""AE-SAM's test (docs/algorithms.md#ae-sam): SAM iff ‖g‖² ≥ μ_t + c_t σ_t, c_t = λ2 + (λ1 − λ2) t / T.
 
     μ and σ² are EMAs (factor δ) of ‖g‖² and of its squared deviation, updated before the test.
@@ -97,7 +121,7 @@ class AESAM(Always):
         self.mean, self.var = float(state["mean"]), float(state["var"])
 
 
-class LookSAM(Always):
+class LookSAM(Policy):
     r"""LookSAM (docs/algorithms.md#looksam): on a SAM step store g_v = g_sam − (⟨g, g_sam⟩/‖g‖²) g, the part of g_sam
     orthogonal to g; on other steps use g + α (‖g‖/‖g_v‖) g_v. Global vectors, as in the paper.
 
@@ -106,7 +130,7 @@ class LookSAM(Always):
 
     name = "looksam"
 
-    def __init__(self, trigger: Always, alpha: float = _D.looksam_alpha) -> None:
+    def __init__(self, trigger: Policy, alpha: float = _D.looksam_alpha) -> None:
         self.trigger, self.alpha = trigger, float(alpha)
         self.g_v: list[Tensor] | None = None
 
@@ -137,18 +161,8 @@ class LookSAM(Always):
         self.g_v = state["g_v"]
 
 
-def make_policy(name: str = _D.policy, *, total_steps: int = 1, **knobs: Any) -> Always:
-    """The policy called ``name`` (one of :data:`POLICIES`) with ``knobs`` (``ae_delta``, ``looksam_k``, ...;
-    checked by :class:`SAMConfig`, defaults from it)."""
-    return policy_from_config(SAMConfig(policy=name, **knobs), total_steps)
-
-
-def policy_from_config(config: SAMConfig, total_steps: int) -> Always:
-    """The policy ``config`` names; ``total_steps`` is AE-SAM's horizon T."""
-    if config.policy == "always":
-        return Always()
-    ae = AESAM(total_steps, config.ae_delta, config.ae_lambdas) if config.policy in ("ae", "ae_looksam") else None
-    if config.policy == "ae":
-        return ae  # type: ignore[return-value]
-    trigger = EveryK(config.looksam_k) if config.policy == "looksam" else ae
-    return LookSAM(trigger, config.looksam_alpha)  # type: ignore[arg-type]
+def make_policy(name: str = _D.policy, *, total_steps: int = 1, **knobs: Any) -> Policy:
+    """Deprecated: ``Policy.from_config(SAMConfig(policy=name, **knobs), total_steps)``, which this calls."""
+    warnings.warn("hf_adasam.sharpness.make_policy is deprecated: use Policy.from_config(SAMConfig(policy=..., ...), "
+                  "total_steps)", DeprecationWarning, stacklevel=2)
+    return Policy.from_config(SAMConfig(policy=name, **knobs), total_steps)

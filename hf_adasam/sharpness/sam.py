@@ -21,7 +21,6 @@ resumes both.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,12 +31,21 @@ from .step import SAMStep, allreduce_grads
 
 __all__ = ["SAM"]
 
+_DEFAULTS = SAMConfig()
+_KNOBS = frozenset(f.name for f in SAMConfig.knobs(trainer=False))  # SAM(...)'s knob keywords
+
+
+def _set(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The knobs set away from SAMConfig's defaults (the others count as not given: they change nothing, so
+    :meth:`SAMConfig.resolve` has nothing to warn about them); a value of another type is kept, to be checked."""
+    return {k: v for k, v in knobs.items()
+            if not (type(v) is type(getattr(_DEFAULTS, k)) and v == getattr(_DEFAULTS, k))}
+
 
 class SAM(torch.optim.Optimizer):
-    """Wrap ``base_optimizer`` with the two-pass step. ``**knobs`` are :class:`SAMConfig`'s (``rho``,
-    ``adaptive``, ``eta``, ``asam_scope``, ``policy``, ``ae_delta``, ``ae_lambdas``, ``looksam_k``,
-    ``looksam_alpha``, ``sync_perturbation``), with its defaults; ``rho=None`` takes SAM's (ASAM's with
-    ``adaptive=True``).
+    """Wrap ``base_optimizer`` with the two-pass step. The keywords from ``rho`` to ``sync_perturbation`` are
+    :class:`SAMConfig`'s knobs, with its defaults and checks; ``rho=None`` takes SAM's (ASAM's with
+    ``adaptive=True``). Another keyword is refused with a ``ValueError`` that lists the knobs.
 
     ``total_steps`` is AE-SAM's horizon T. ``named_parameters`` (``model.named_parameters()``) gives the
     parameters' names, which ``asam_scope="weights"`` needs. Under DDP pass ``no_sync=ddp_model.no_sync``:
@@ -54,14 +62,27 @@ class SAM(torch.optim.Optimizer):
         total_steps: int = 1,
         no_sync: Callable[[], Any] | None = None,
         named_parameters: Iterable[tuple[str, torch.Tensor]] | None = None,
-        **knobs: Any,
+        # generated from SAMConfig (python -m tests._sam_declarations; tests/test_sam_config.py checks it): begin
+        rho: float | None = None,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        asam_scope: str = "all",
+        policy: str = "always",
+        ae_delta: float = 0.9,
+        ae_lambdas: tuple[float, float] = (-1.0, 1.0),
+        looksam_k: int = 5,
+        looksam_alpha: float = 0.7,
+        sync_perturbation: bool = False,
+        # generated: end
+        **unknown: Any,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, not {type(base_optimizer).__name__}")
-        if "exact_accumulation" in knobs:
+        if "exact_accumulation" in unknown:
             raise ValueError("exact_accumulation is a SAMTrainer knob: with hf_adasam.SAM the closure is the batch "
                              "(run the accumulated micro-batches inside one closure for one perturbation)")
-        self.config = SAMConfig.resolve(knobs, sam_asked=True, source="SAM: ")
+        knobs = {name: value for name, value in locals().items() if name in _KNOBS}  # the knob keywords above
+        self.config = SAMConfig.resolve({**_set(knobs), **unknown}, sam_asked=True, source="SAM: ")
         self.base_optimizer = base_optimizer
         self.sam = SAMStep.from_config(self.config, total_steps=total_steps)
         if named_parameters is not None:
@@ -111,13 +132,3 @@ class SAM(torch.optim.Optimizer):
         knobs = ", ".join(f"{k}={v!r}" for k, v in self.config.as_dict(active_only=True).items())
         return f"SAM({knobs}, base={self.base_optimizer!r})"
 
-
-def _signature() -> inspect.Signature:
-    """``SAM.__init__``'s signature with the knobs spelled out (for ``help()`` and IDEs), from :class:`SAMConfig`."""
-    own = list(inspect.signature(SAM.__init__).parameters.values())[:-1]  # drop **knobs
-    knobs = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-             for f in SAMConfig.knobs(trainer=False)]
-    return inspect.Signature([*own, *knobs])
-
-
-SAM.__init__.__signature__ = _signature()  # type: ignore[attr-defined]

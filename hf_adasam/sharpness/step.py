@@ -37,10 +37,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._logging import logger
-from ..sharding import is_sharded, local, reduction_for, state_bytes
+from ..sharding import Reduction, is_sharded, local, reduction_for, state_bytes
 from .config import SAMConfig
 from .perturbation import Perturbation
-from .policies import Always, policy_from_config
+from .policies import Policy
 
 
 @dataclass
@@ -54,6 +54,20 @@ class SAMStats:
     perturbation_norm_sum: float = 0.0
     total_second_passes: int = 0
     total_micro_batches: int = 0
+
+    def count_first_pass(self, grad_norm: Tensor, finite: bool) -> None:
+        """One micro-batch's pass 1: ‖g‖ (unscaled), or a skip if ‖g‖² is not finite."""
+        self.micro_batches += 1
+        self.total_micro_batches += 1
+        if finite:
+            self.grad_norm_sum += float(grad_norm)
+        else:
+            self.skipped += 1
+
+    def count_second_pass(self, perturbation_norm: float) -> None:
+        self.second_passes += 1
+        self.total_second_passes += 1
+        self.perturbation_norm_sum += float(perturbation_norm)
 
     def pop_logs(self) -> dict[str, float]:
         if not self.micro_batches:
@@ -71,11 +85,27 @@ class SAMStats:
 
 
 @dataclass
+class Gradient:
+    """Pass 1's gradient g: the parameters that got one, their gradients, and the norms the step uses."""
+
+    params: list[Tensor]
+    grads: list[Tensor]  # g, the tensors themselves (pass 2 writes fresh ones into p.grad)
+    reduce: Reduction  # global norms and dot products over shards under FSDP2, else local ones
+    norm: Tensor  # ‖g‖ as the gradients stand (fp16: still multiplied by the loss scale); e is scale-free
+    sq_norm: float  # ‖g‖² unscaled, the replica mean under DDP: the policy's statistic, alike on every rank
+
+    @property
+    def usable(self) -> bool:
+        """Some parameter has a gradient and ‖g‖² is finite: the policy may decide."""
+        return bool(self.grads) and math.isfinite(self.sq_norm)
+
+
+@dataclass
 class SAMStep:
     """Perturbation + policy + the micro-step that uses them."""
 
     perturbation: Perturbation
-    policy: Always
+    policy: Policy
     sync_perturbation: bool = False
     # SAMTrainer: one perturbation per optimizer step from the whole accumulated batch (else per micro-batch)
     exact_accumulation: bool = False
@@ -85,7 +115,7 @@ class SAMStep:
     @classmethod
     def from_config(cls, config: SAMConfig, *, total_steps: int = 1) -> SAMStep:
         """The step for a resolved config (``rho > 0``); ``total_steps`` is AE-SAM's horizon T."""
-        return cls(Perturbation.from_config(config), policy_from_config(config, total_steps),
+        return cls(Perturbation.from_config(config), Policy.from_config(config, total_steps),
                    config.sync_perturbation, config.exact_accumulation)
 
     def micro_step(
@@ -103,51 +133,72 @@ class SAMStep:
         runs them all, the perturbation comes from their summed gradient, and pass 2 runs them all.
         Returns the pass-1 loss (summed over the parts). ``grad_scale`` is the fp16 GradScaler's scale
         (pass-1 gradients are unscaled by it for the policy's statistics; the SAM direction is scale-free).
+        ``no_sync`` wraps each pass (DDP's ``no_sync``: the caller all-reduces once per optimizer step).
+
+        In the terms of the reference SAM code (davda54/sam): ``perturb`` is its ``first_step`` (w ← w + e),
+        ``restore`` the first half of its ``second_step`` (w back); the base optimizer's step, the other half,
+        is the caller's, once the micro-batches of an optimizer step are accumulated.
         """
-        with _swapped_grads(params) as accumulated:
-            parts = [backward] if callable(backward) else list(backward)
-            with no_sync():
-                loss = functools.reduce(operator.add, (part() for part in parts))
-            live = [p for p in params if p.grad is not None]
-            grads = [p.grad for p in live]
-            reduce = reduction_for(live)
-            if self.sharded is None and live:
-                self._announce(reduce.sharded)
-            if self.sync_perturbation and _distributed() and not reduce.sharded:
-                _allreduce_mean(grads)
-            raw_norm = self.perturbation.grad_norm(grads, reduce)
-            gnorm = raw_norm / grad_scale
-            gsq = gnorm.double() ** 2
-            if _distributed() and not self.sync_perturbation and not reduce.sharded:
-                gsq = _allreduce_mean_scalar(gsq)
-            gsq_value = float(gsq)
-            finite = math.isfinite(gsq_value)  # replica-mean: every rank takes the same branch
-            self.stats.micro_batches += 1
-            self.stats.total_micro_batches += 1
-            if finite:
-                self.stats.grad_norm_sum += float(gnorm)
-            else:
-                self.stats.skipped += 1
-            if finite and grads and self.policy.decide(t, gsq_value):
-                enorm = self.perturbation.perturb(live, grads, raw_norm, reduce)
-                for p in live:
-                    p.grad = None
+        parts = [backward] if callable(backward) else list(backward)
+        with _accumulated_set_aside(params):  # earlier micro-batches' gradients; on exit p.grad = them + direction
+            loss = self.first_pass(parts, no_sync)  # at w, into fresh gradients g
+            g = self.gradient(params, grad_scale)  # g, ‖g‖, the policy's ‖g‖²; counted
+            if not g.usable:  # no gradient, or a non-finite one (counted as skipped): the direction is g as it is
+                return loss
+            if self.policy.decide(t, g.sq_norm):  # a SAM step
+                e_norm = self.perturbation.perturb(g.params, g.grads, g.norm, g.reduce)  # save w; w ← w + e
                 try:
-                    with no_sync():
-                        for part in parts:
-                            part()
+                    self.second_pass(g.params, parts, no_sync)  # at w + e, into fresh gradients g_sam
                 finally:
-                    self.perturbation.restore(live, reduce)
-                self.stats.second_passes += 1
-                self.stats.total_second_passes += 1
-                self.stats.perturbation_norm_sum += float(enorm)
-                self.policy.after_sam(grads, [p.grad if p.grad is not None else torch.zeros_like(p) for p in live],
-                                      reduce)
-            elif grads and finite:
-                self.policy.reuse(grads, reduce)
-        # _swapped_grads added the accumulated gradients back: p.grad = accumulated + direction
-        del accumulated
+                    self.perturbation.restore(g.params, g.reduce)  # w, bit for bit
+                self.stats.count_second_pass(e_norm)
+                self.policy.after_sam(g.grads, _grads_or_zeros(g.params), g.reduce)  # the direction is g_sam
+            else:
+                self.policy.reuse(g.grads, g.reduce)  # the direction is g (LookSAM: plus its stored g_v)
         return loss
+
+    # -- the named steps of micro_step ---------------------------------------------------------------
+    @staticmethod
+    def first_pass(parts: list[Callable[[], Tensor]],
+                   no_sync: Callable[[], contextlib.AbstractContextManager]) -> Tensor:
+        """Pass 1: every part's forward and backward at w (into ``p.grad``, which the caller emptied); the loss."""
+        with no_sync():
+            return functools.reduce(operator.add, (part() for part in parts))
+
+    def gradient(self, params: list[Tensor], grad_scale: float = 1.0) -> Gradient:
+        """Pass 1's gradient g and its norms, counted in :attr:`stats`.
+
+        DDP: g is averaged across ranks first with ``sync_perturbation``; else each rank keeps its own g and the
+        policy's ‖g‖² is the mean of the ranks' (one scalar all-reduce), so every rank decides alike. FSDP2: g is
+        already the average (each backward reduce-scatters), ‖g‖ is summed over the shards. fp16: ‖g‖ is divided
+        by ``grad_scale`` for the statistics.
+        """
+        live = [p for p in params if p.grad is not None]
+        grads = [p.grad for p in live]
+        reduce = reduction_for(live)
+        if self.sharded is None and live:
+            self._announce(reduce.sharded)
+        data_parallel = _distributed() and not reduce.sharded
+        if data_parallel and self.sync_perturbation:
+            _allreduce_mean(grads)
+        norm = self.perturbation.grad_norm(grads, reduce)
+        unscaled = norm / grad_scale
+        sq_norm = unscaled.double() ** 2
+        if data_parallel and not self.sync_perturbation:
+            sq_norm = _allreduce_mean_scalar(sq_norm)
+        g = Gradient(live, grads, reduce, norm, float(sq_norm))  # type: ignore[arg-type]
+        self.stats.count_first_pass(unscaled, math.isfinite(g.sq_norm))
+        return g
+
+    @staticmethod
+    def second_pass(params: list[Tensor], parts: list[Callable[[], Tensor]],
+                    no_sync: Callable[[], contextlib.AbstractContextManager]) -> None:
+        """Pass 2: the same parts at the perturbed w, into fresh gradients (pass 1's stay with the caller's g)."""
+        for p in params:
+            p.grad = None
+        with no_sync():
+            for part in parts:
+                part()
 
     def _announce(self, sharded: bool) -> None:
         self.sharded = sharded
@@ -175,13 +226,13 @@ class SAMStep:
 
 
 @contextlib.contextmanager
-def _swapped_grads(params: list[Tensor]) -> Iterator[list[Tensor | None]]:
-    """Put the accumulated gradients aside for the body, then add the body's gradients into them."""
+def _accumulated_set_aside(params: list[Tensor]) -> Iterator[None]:
+    """Put the accumulated gradients aside (not copied) for the body, then add the body's gradients into them."""
     accumulated = [p.grad for p in params]
     for p in params:
         p.grad = None
     try:
-        yield accumulated
+        yield
     finally:
         acc, new = [], []
         for p, a in zip(params, accumulated, strict=True):
@@ -195,6 +246,11 @@ def _swapped_grads(params: list[Tensor]) -> Iterator[list[Tensor | None]]:
                 p.grad = a
         if acc:
             torch._foreach_add_(acc, new)
+
+
+def _grads_or_zeros(params: list[Tensor]) -> list[Tensor]:
+    """The parameters' gradients, zeros where a pass left none."""
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
 def _distributed() -> bool:

@@ -16,14 +16,13 @@ from typing import Any
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from ..optim_args import format_value, split_pairs
+from ..optim_args import format_value
 from ..registry import OPTIMIZERS, parse_optim_args
-from ..sharpness.config import SAMConfig
+from ..sharpness.config import SAMConfig, split_sam_keys
 
 __all__ = ["SAMArgumentError", "SAMArgumentsMixin", "SAMSeq2SeqTrainingArguments", "SAMTrainingArguments",
            "optim_name", "refuse_lone_rank", "resolve_sam_config", "without_sam_keys"]
 
-_PYTHON_TYPE = {bool: bool, int: int, float: float, str: str}
 # argparse %-formats each help string with the action's fields: "%(default).0s" renders as nothing, and its presence
 # stops ArgumentDefaultsHelpFormatter (HfArgumentParser's) from appending "(default: None)" to a sam_* flag, whose
 # None means "not given" (optim_args' value or SAMConfig's default applies); the help states the real default
@@ -68,23 +67,13 @@ def resolve_sam_config(args: Any, *, warn: bool = True) -> SAMConfig:
     return SAMConfig.resolve(given, sam_asked=asked, optim=name, warn=warn)
 
 
-def _field_type(like: Any) -> Any:
-    if isinstance(like, tuple):
-        return list[float] | None
-    return _PYTHON_TYPE[type(like)] | None
-
-
-def _sam_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    out = []
-    for f in SAMConfig.knobs():
-        help_text = (f"{f.metadata['help']} Allowed: {f.metadata['allowed']}. Default: "
-                     f"{SAMConfig.default_text(f.name)}. Also optim_args key {f.name}.{_NO_ARGPARSE_DEFAULT}")
-        metadata: dict[str, Any] = {"help": help_text}
-        if isinstance(f.metadata["like"], bool):  # HfArgumentParser: --sam_adaptive alone means true
-            metadata.update(nargs="?", const=True)
-        out.append((f"sam_{f.name}", _field_type(f.metadata["like"]), dataclasses.field(default=None,
-                                                                                        metadata=metadata)))
-    return out
+def _sam_help(help: str, *, flag: bool = False) -> dict[str, Any]:
+    """A ``sam_*`` field's metadata for ``HfArgumentParser``: its help; ``flag``: a boolean, which ``--sam_<knob>``
+    alone sets to true."""
+    metadata: dict[str, Any] = {"help": help + _NO_ARGPARSE_DEFAULT}
+    if flag:
+        metadata.update(nargs="?", const=True)
+    return metadata
 
 
 def optim_args_help() -> str:
@@ -95,16 +84,53 @@ def optim_args_help() -> str:
             f"them for {', '.join(OPTIMIZERS)}); Transformers' own optimizers take their usual keys.")
 
 
-# the generated sam_* fields, as a dataclass the mixin extends
-_SAMFields = dataclasses.make_dataclass("_SAMFields", _sam_fields())
-_SAMFields.__doc__ = "The sam_* fields, generated from SAMConfig (None: the default, or optim_args' value)."
-_SAMFields.__module__ = __name__
-
-
 @dataclasses.dataclass
-class SAMArgumentsMixin(_SAMFields):
-    """The ``sam_*`` knobs (``None``: the default, or ``optim_args``' value), checked and resolved at construction."""
+class SAMArgumentsMixin:
+    """The ``sam_*`` knobs (``None``: the default, or ``optim_args``' value), checked and resolved at construction.
 
+    One field per :class:`SAMConfig` knob, with its type and help, spelled out for IDEs and type checkers
+    (``SAMConfig`` holds the facts; a test keeps the two equal). ``None``, every field's default, means not given.
+    """
+
+    # generated from SAMConfig (python -m tests._sam_declarations; tests/test_sam_config.py checks it): begin
+    sam_rho: float | None = dataclasses.field(default=None, metadata=_sam_help(
+        "SAM radius ρ; 0 turns SAM off. Allowed: a number >= 0. Default: 0.05 (ASAM 0.5) where SAM is asked for "
+        "(SAM(...), optim=adasam), else 0 (SAM off). Also optim_args key rho."))
+    sam_adaptive: bool | None = dataclasses.field(default=None, metadata=_sam_help(
+        "ASAM: scale the perturbation element-wise by T = |w| + η. Allowed: true or false. Default: "
+        "false. Also optim_args key adaptive.", flag=True))
+    sam_eta: float | None = dataclasses.field(default=None, metadata=_sam_help(
+        "ASAM's η in T = |w| + η. Allowed: a number >= 0. Default: 0.01. Also optim_args key eta."))
+    sam_asam_scope: str | None = dataclasses.field(default=None, metadata=_sam_help(
+        "ASAM: which tensors get T = |w| + η. 'all': every trainable tensor (the paper); 'weights': only tensors "
+        "whose parameter name contains 'weight', the others T = 1 (the official ASAM code). Allowed: 'all' or "
+        "'weights'. Default: all. Also optim_args key asam_scope."))
+    sam_policy: str | None = dataclasses.field(default=None, metadata=_sam_help(
+        "When a micro-batch pays the second pass: always (SAM), ae (AE-SAM), looksam (every k-th step, reusing the "
+        "stored direction in between), ae_looksam. Allowed: always, ae, looksam, ae_looksam. Default: always. Also "
+        "optim_args key policy."))
+    sam_ae_delta: float | None = dataclasses.field(default=None, metadata=_sam_help(
+        "AE-SAM: EMA factor δ of ‖g‖²'s mean and variance. Allowed: a number in [0, 1). Default: 0.9. Also "
+        "optim_args key ae_delta."))
+    sam_ae_lambdas: list[float] | None = dataclasses.field(default=None, metadata=_sam_help(
+        "AE-SAM: threshold schedule (λ1, λ2), c_t = λ2 + (λ1 − λ2)·t/T. Allowed: two numbers. Default: -1.0:1.0. "
+        "Also optim_args key ae_lambdas."))
+    sam_looksam_k: int | None = dataclasses.field(default=None, metadata=_sam_help(
+        "LookSAM: a SAM step every k optimizer steps. Allowed: an integer >= 1. Default: 5. Also optim_args key "
+        "looksam_k."))
+    sam_looksam_alpha: float | None = dataclasses.field(default=None, metadata=_sam_help(
+        "LookSAM: weight α of the reused orthogonal component. Allowed: a number >= 0. Default: 0.7. Also optim_args "
+        "key looksam_alpha."))
+    sam_sync_perturbation: bool | None = dataclasses.field(default=None, metadata=_sam_help(
+        "Data parallel: average pass-1 gradients across processes first (N processes then equal one with "
+        "N× the batch); else each replica perturbs with its own sub-batch. Under FSDP2 always in effect "
+        "(each pass reduce-scatters the gradients). Allowed: true or false. Default: false. Also "
+        "optim_args key sync_perturbation.", flag=True))
+    sam_exact_accumulation: bool | None = dataclasses.field(default=None, metadata=_sam_help(
+        "Trainer: one perturbation per optimizer step from the whole accumulated batch (batch b × "
+        "accumulation k then equals batch k·b) instead of one per micro-batch. Allowed: true or false. "
+        "Default: false. Also optim_args key exact_accumulation.", flag=True))
+    # generated: end
     optim_args: str | None = dataclasses.field(default=None, metadata={"help": optim_args_help()})
 
     def __post_init__(self) -> None:
@@ -138,5 +164,5 @@ class SAMSeq2SeqTrainingArguments(SAMArgumentsMixin, Seq2SeqTrainingArguments):
 
 def without_sam_keys(optim_args: str | None) -> str | None:
     """``optim_args`` without the SAM keys (what Transformers' own optimizer handlers should see)."""
-    rest = {k: v for k, v in split_pairs(optim_args).items() if k not in SAMConfig.__dataclass_fields__}
+    _, rest = split_sam_keys(optim_args)
     return ",".join(f"{k}={format_value(v)}" for k, v in rest.items()) or None

@@ -23,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..registry import OPTIMIZERS, optimizer_kwargs, parse_optim_args
-from ..sharpness.config import SAMConfig
+from ..sharpness.config import SAMConfig, split_sam_keys
 from . import _internals
 from .arguments import optim_name, resolve_sam_config
 
@@ -203,7 +203,8 @@ def _with_sam(handler: Any) -> Any:
         driven = _SAM_DRIVER.get()
         if not driven and resolve_sam_config(ctx.args, warn=False).on:
             raise RuntimeError(NEEDS_SAM_MESSAGE)
-        ctx.optim_args = _ReadKeys((k, v) for k, v in ctx.optim_args.items() if k not in SAMConfig.__dataclass_fields__)
+        _, own = split_sam_keys(ctx.optim_args)
+        ctx.optim_args = _ReadKeys(own)
         given = list(ctx.optim_args)
         ctx.optim_args.iterated = False
         cls, kwargs = handler(ctx)
