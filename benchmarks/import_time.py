@@ -11,7 +11,7 @@ the page cache is warm for all):
 - ``register_own``: the same after ``transformers.training_args`` and ``transformers.trainer_optimizer``
   are imported, i.e. hf-adasam's own part beyond what any ``TrainingArguments`` user pays: where ``peft``
   is installed, ``transformers.training_args`` imports it (through ``transformers.trainer_utils``), about
-  1.6 s on this machine, which no registration can avoid since ``OptimizerNames`` lives there.
+  1.6 s on a 2-core x86 CPU, which no registration can avoid since ``OptimizerNames`` lives there.
 
     PYTHONPATH=$PWD python benchmarks/import_time.py --label after            # this checkout
     PYTHONPATH=/path/to/old/checkout python benchmarks/import_time.py --label before   # hf_adasam_file says which
