@@ -11,6 +11,7 @@ or in ``SAMConfig`` fails the tests until the docs are regenerated:
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -85,10 +86,24 @@ def versions() -> str:
     return "\n".join(lines)
 
 
+QUALITY_PENDING = (
+    "The paired, lr-tuned quality sweep (`benchmarks/quality.py`: MiniLM-L6 on SST-2, with and without label noise,\n"
+    "and STS-B; each method against its base over paired seeds) is in progress; its table will be in\n"
+    "`benchmarks/results/quality/summary.md`. Until then this README makes no quality claims.")
+
+
+def quality_claims() -> str:
+    """The README's "When does it help?": the lines ``benchmarks/quality.py`` writes into its summary from the table
+    (complete comparisons only); until a summary exists, a sentence that claims nothing."""
+    path = ROOT / "benchmarks" / "results" / "quality" / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))["readme"] if path.exists() else QUALITY_PENDING
+
+
 DOCS = ROOT / "docs"
 # (file, block name) -> the function that writes the block
 BLOCKS: dict[tuple[Path, str], Callable[[], str]] = {
     (ROOT / "README.md", "optimizer-table"): markdown_table,
+    (ROOT / "README.md", "quality"): quality_claims,
     (DOCS / "sam.md", "sam-knob-table"): knob_table,
     (DOCS / "numerics.md", "nonfinite-table"): nonfinite_table,
     (DOCS / "compat.md", "versions"): versions,
