@@ -25,7 +25,6 @@ cosine and minimum, Adai's v̄). The first sharded step logs what it does.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import sys
@@ -38,10 +37,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._logging import is_main_process, logger
+from .._logging import HfAdasamWarning, is_main_process, logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
 from . import _arena
 from ._arena import PerTensor
+from ._compile import compile_errors, compile_settings, compile_unavailable, compiled, is_view, version_counter
 
 Impl = Literal["auto", "compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")  # the three kernels
@@ -110,12 +110,10 @@ def resolve_impl(impl: str | None) -> str:
     impl = default_impl() if impl is None else impl
     if impl not in (AUTO, *IMPLS):
         raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
-    if impl == "compiled" and not compile_supported():
-        warnings.warn(
-            "torch.compile is not usable here (no C++ compiler or unsupported platform); "
-            "hf-adasam optimizers fall back to the eager foreach kernels",
-            stacklevel=3,
-        )
+    why = compile_unavailable() if impl == "compiled" else None
+    if why is not None:
+        warnings.warn(f"{why}; hf-adasam optimizers run the eager foreach kernels (the same update)", HfAdasamWarning,
+                      stacklevel=3)
         impl = "foreach"
     return impl
 
@@ -151,7 +149,7 @@ class ImplChoice:
         yield
         spent = self.__dict__.get("_auto_spent", 0.0) + time.perf_counter() - start
         self._auto_spent = spent
-        if _all_ranks_agree(spent >= AUTO_SWITCH_S) and compile_supported():
+        if _all_ranks_agree(spent >= AUTO_SWITCH_S) and _can_compile():
             self._auto_compiled = True
             if is_main_process():
                 logger.info("hf-adasam: %s has spent %.1f s in foreach steps: compiling its kernels (impl=auto)",
@@ -175,36 +173,16 @@ def _all_ranks_agree(switch: bool) -> bool:
     return bool(flag.item())
 
 
-@functools.cache
-def compile_supported() -> bool:
-    if not hasattr(torch, "compile") or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
-        return False
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception:
-        return torch.cuda.is_available()
-    return True
+def _can_compile() -> bool:
+    """For impl="auto": whether to switch to the compiled kernels; where not, said once, and foreach stays."""
+    why = compile_unavailable()
+    if why is not None and not _AUTO_SAID_NO:
+        _AUTO_SAID_NO.append(True)
+        warnings.warn(f"impl=auto stays on the foreach kernels: {why}", HfAdasamWarning, stacklevel=4)
+    return why is None
 
 
-# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a row)
-# is more C++ to compile per loop (~0.8 s of a cold first step), for a handful of elements
-_INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
-
-
-@functools.cache
-def compiled(fn: Callable[..., None], inductor: tuple[tuple[str, Any], ...] = ()) -> Callable[..., None]:
-    """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
-
-    ``fn`` is a kernel's arena graph (:mod:`._arena`): every size in it is symbolic, so one compilation serves
-    every model. ``inductor``: the kernel's own inductor settings, (name, value) pairs, in force whenever it
-    compiles.
-    """
-    # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
-    # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=True, options={**_INDUCTOR_OPTIONS, **dict(inductor)})
+_AUTO_SAID_NO: list[bool] = []
 
 
 def run_kernel(
@@ -322,7 +300,7 @@ def _run_compiled(
       the sizes seen when compiling decide which loops run in parallel.
     - Parameters the arena cannot take (empty, or not contiguous in some list) take the foreach kernel.
     """
-    why = _arena.available()
+    why = compile_unavailable()
     if why is not None:
         _compile_failed(single, RuntimeError(why))
         multi(*tensors, **_unpacked(hyper))
@@ -354,7 +332,7 @@ def _run_compiled(
         except _arena.NotArena as err:
             _say_not_arena(single, err)
             rest = list(range(n))
-        except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
+        except compile_errors() as err:  # raised while tracing/compiling a graph, before it ran
             _compile_failed(single, err)
             rest = list(range(n))
     _foreach_on(multi, tensors, hyper, shared, rest)
@@ -414,7 +392,7 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         ar = _arena.arenas(lists, written, lay.C, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
         rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
-        with _compile_settings(device):
+        with compile_settings(device):
             fn(ar.reads, ar.writes, rows_at, tail_at, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                shared, vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
                [v for _, v in stores])
@@ -446,7 +424,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
     """
     if fn in _COMPILE_FAILED:
         return None
-    why = _arena.available()
+    why = compile_unavailable()
     if why is not None:
         _compile_failed(fn, RuntimeError(why))
         return None
@@ -463,7 +441,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
             lay = _arena.layout(tuple(numels), device)
             ar = _arena.arenas(lists, [False] * len(lists), lay.C, device)
             rows_at, tail_at = _arena.row_index(ar.offsets, kinds, lay)
-            with _compile_settings(device):
+            with compile_settings(device):
                 return graph(ar.reads, kinds, ar.offsets, rows_at, tail_at,
                              (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                              torch.tensor(numels, dtype=torch.int64).to(device), scalars)
@@ -477,7 +455,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         return call(lists, numels)
     except _arena.NotArena as err:
         _say_not_arena(fn, err)
-    except _COMPILE_ERRORS as err:
+    except compile_errors() as err:
         _compile_failed(fn, err)
     return None
 
@@ -489,7 +467,7 @@ def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Seq
     a list was written if its tensor's version counter moved (kernels branch on knobs, never on tensor values)."""
     dummies = [torch.zeros(2 if k == _arena.ELEM else 1, dtype=d, device=device)
                for k, d in zip(kinds, dtypes, strict=True)]
-    versions = [t._version for t in dummies]
+    versions = [version_counter(t) for t in dummies]
     args = {k: [torch.zeros((), dtype=v.values.dtype, device=device)] if isinstance(v, PerTensor) else v
             for k, v in hyper.items()}
     args.update({n: [t] for t, n in zip(dummies, names, strict=True) if n is not None})
@@ -497,7 +475,7 @@ def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Seq
         warnings.simplefilter("ignore")
         single(*[[t] for t, n in zip(dummies, names, strict=True) if n is None],
                *[[torch.zeros(1, dtype=d, device=device)] for d in shared_dtypes], **args)
-    return tuple(t._version != v for t, v in zip(dummies, versions, strict=True))
+    return tuple(version_counter(t) != v for t, v in zip(dummies, versions, strict=True))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -505,45 +483,11 @@ def _flat(t: Tensor) -> Tensor:
 
     Not ``t.view(-1)``: dynamo guards a view's base, so bases of different ranks would recompile the graph.
     """
-    if t.dim() == 1 and t._base is None and not t.requires_grad:  # (a parameter: guards would see requires_grad)
+    if t.dim() == 1 and not is_view(t) and not t.requires_grad:  # (a parameter: guards would see requires_grad)
         return t
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-@contextlib.contextmanager
-def _compile_settings(device: torch.device) -> Iterator[None]:
-    """Settings for compiling our kernels, in force around every call of a compiled kernel (~30 µs), so that a
-    recompilation (a guard that fails, ``torch._dynamo.reset()``) compiles with them too. The first call of a
-    signature compiles on a synthetic bucket; a recompilation compiles on the sizes of the call that needs it.
-
-    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
-      sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
-      row, runs the same graph.
-    - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
-      it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core machine
-      before our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a
-      compiler that cannot build them fails the compile, and the kernel falls back to foreach with a warning.
-      The probe's cache is cleared afterwards, so the user's own ``torch.compile`` still probes as usual.
-      (Private inductor settings; checked with torch 2.13.)
-    """
-    import torch.fx.experimental._config as fx_config
-    from torch._inductor import config as inductor_config
-    from torch._inductor import cpu_vec_isa
-
-    probe = cpu_vec_isa.valid_vec_isa_list
-    skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
-    with fx_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
-            inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
-        try:
-            yield
-        finally:
-            if skip_probe:
-                probe.cache_clear()
-
-
-# Raised by dynamo/inductor before the graph runs: a kernel it cannot trace (e.g. DTensor shards), a
-# backend failure, or the recompile limit (64 graphs of one kernel: dtypes x devices x knobs).
-_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 # kernels whose first compilation this process has announced
 _ANNOUNCED: set[Callable[..., None]] = set()
 # what _announce_compile promises for a cold cache (benchmarks/first_step.py measures it)
