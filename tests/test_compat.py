@@ -46,22 +46,22 @@ def test_pyproject_declares_the_floor_the_package_enforces() -> None:
 def test_an_older_torch_fails_the_import_with_one_line_naming_the_floor() -> None:
     out = _python("""
         import torch
-        torch.__version__ = "2.5.1+cpu"
+        torch.__version__ = "2.6.0+cu124"
         import hf_adasam
     """)
     assert out.returncode != 0
     floor = ".".join(map(str, _compile.TORCH_FLOOR))
     last = out.stderr.strip().splitlines()[-1]
-    want = f"hf-adasam needs torch>={floor}; this is torch 2.5.1+cpu (pip install 'torch>={floor}')"
+    want = f"hf-adasam needs torch>={floor}; this is torch 2.6.0+cu124 (pip install 'torch>={floor}')"
     assert last == f"ImportError: {want}"
 
 
 def test_the_floor_itself_and_newer_pass(monkeypatch) -> None:
-    for version in (".".join(map(str, _compile.TORCH_FLOOR)) + ".0", "2.13.0+cpu", "3.0.0"):
+    for version in (".".join(map(str, _compile.TORCH_FLOOR)) + ".0", "2.10.0", "2.13.0+cpu", "3.0.0"):
         monkeypatch.setattr(torch, "__version__", version)
         _compile.require_torch_floor()
-    monkeypatch.setattr(torch, "__version__", "2.5.1")
-    with pytest.raises(ImportError, match=r"^hf-adasam needs torch>=\d+\.\d+; this is torch 2\.5\.1"):
+    monkeypatch.setattr(torch, "__version__", "2.6.0")
+    with pytest.raises(ImportError, match=r"^hf-adasam needs torch>=\d+\.\d+; this is torch 2\.6\.0"):
         _compile.require_torch_floor()
 
 

@@ -5,12 +5,11 @@ The compiled kernels, the arena dispatch (:mod:`._arena`) and :class:`~hf_adasam
 only here, with the torch versions it was checked on (:data:`CHECKED`) and what happens when a torch release moves
 it:
 
-- ``torch._dynamo.config.recompile_limit`` (torch 2.6: ``cache_size_limit``): room for a process's graphs,
-  patched around our own calls only;
+- ``torch._dynamo.config.recompile_limit``: room for a process's graphs, patched around our own calls only;
 - ``torch._dynamo.exc`` (``TorchDynamoException``, ``FailOnRecompileLimitHit``): which errors mean "could not
   compile" (that kernel then runs its foreach twin);
-- ``torch.fx.experimental._config`` (``use_duck_shape``; ``backed_size_oblivious`` from torch 2.7): one graph
-  for every bucket size;
+- ``torch.fx.experimental._config`` (``use_duck_shape``, ``backed_size_oblivious``): one graph for every bucket
+  size;
 - ``torch._inductor.config`` (``cpp.vec_isa_ok``, ``cpp.enable_loop_tail_vec``, ``emulate_precision_casts``) and
   ``torch._inductor.cpu_vec_isa``: skip the ISA probe, fewer loops to compile, RAdam's float16 rounding;
 - ``torch._inductor.cpp_builder.get_cpp_compiler``: whether a C++ compiler is there (CPU);
@@ -18,7 +17,7 @@ it:
 - ``torch._check`` (inside a graph), ``Tensor._version``, ``Tensor._base``: every arena's rows have one length;
   which lists a kernel writes; whether a tensor is a view;
 - ``torch.optim.radam._single_tensor_radam`` / ``_multi_tensor_radam``, ``RAdam._init_group``,
-  ``Optimizer._accelerator_graph_capture_health_check`` (torch 2.6-2.8: ``_cuda_graph_capture_health_check``):
+  ``Optimizer._accelerator_graph_capture_health_check`` (torch 2.7-2.8: ``_cuda_graph_capture_health_check``):
   RAdam's kernels, state creation and CUDA-graph check, exactly torch's.
 
 When one of the compiled impl's uses is missing, the compiled impl is off for the process and every kernel runs its
@@ -54,13 +53,15 @@ from torch import Tensor
 from .._logging import HfAdasamWarning
 
 # the oldest torch hf-adasam runs on (pyproject.toml declares the same floor; tests/test_compat.py keeps them equal)
-TORCH_FLOOR = (2, 6)
+# (torch 2.6.0 fails: its lerp_ refuses the 0-d float64 weight our compiled kernels pass, and sizes 0 and 1 always
+# specialise, so a bucket compiles up to 4 graphs per kernel; docs/compat.md)
+TORCH_FLOOR = (2, 7)
 # the torch releases on which every use below was checked (the kernel net, dispatch, RAdam, SAM and trainer tests)
-CHECKED = ("2.6.0", "2.7.1", "2.8.0", "2.13.0")
+CHECKED = ("2.7.1", "2.8.0", "2.13.0")
 # the graphs one process may compile per kernel (dtypes x devices x knobs); dynamo's default is 8
 RECOMPILE_LIMIT = 64
-# dynamo's recompile limit: its name from torch 2.7, then its name in torch 2.6
-RECOMPILE_LIMIT_NAMES = ("recompile_limit", "cache_size_limit")
+# dynamo's recompile limit (torch 2.6 called it cache_size_limit; 2.7 to 2.13 keep that name as an alias)
+RECOMPILE_LIMIT_NAMES = ("recompile_limit",)
 
 
 def torch_version() -> tuple[int, int]:
@@ -119,15 +120,8 @@ class _Settings:
             self.missing.append(f"torch._dynamo.config.{RECOMPILE_LIMIT_NAMES[0]}")
         if len(self.errors) < len(errors):
             self.missing.append("torch._dynamo.exc.TorchDynamoException / FailOnRecompileLimitHit")
-        if not hasattr(fx_config, "use_duck_shape"):
-            self.missing.append("torch.fx.experimental._config.use_duck_shape")
-        # torch 2.6 has no backed_size_oblivious: there a bucket without tail elements, or of one row, compiles its
-        # own graph (sizes 0 and 1 are special cases), once each
-        self.shapes = {"use_duck_shape": False}
-        if hasattr(fx_config, "backed_size_oblivious"):
-            self.shapes["backed_size_oblivious"] = True
-        elif torch_version() >= (2, 7):
-            self.missing.append("torch.fx.experimental._config.backed_size_oblivious")
+        self.shapes = {"use_duck_shape": False, "backed_size_oblivious": True}
+        self.missing += [f"torch.fx.experimental._config.{n}" for n in self.shapes if not hasattr(fx_config, n)]
         self.inductor_keys = set(inductor_config.get_config_copy()) if hasattr(inductor_config, "get_config_copy") \
             else set()
         for key in ("cpp.vec_isa_ok", *INDUCTOR_OPTIONS, *KERNEL_INDUCTOR_OPTIONS):
@@ -222,9 +216,9 @@ def compile_settings(device: torch.device) -> Iterator[None]:
       graph (a ``None`` floor, AdaShift's φ) compiles once more, and a busy process (several optimizers, each
       dtype) must not hit dynamo's default of 8 and drop to the foreach kernels. A higher limit (set by the user)
       is kept.
-    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and,
-      from torch 2.7, sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail
-      elements, or of one row, runs the same graph.
+    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
+      sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
+      row, runs the same graph.
     - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
       it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core x86 CPU before
       our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a compiler that
@@ -310,7 +304,7 @@ def radam_init_group(optimizer: torch.optim.RAdam, group: dict[str, Any], *lists
 
 def graph_capture_health_check(optimizer: torch.optim.Optimizer) -> None:
     """``torch.optim.Optimizer``'s check that ``capturable`` matches a CUDA-graph capture in progress, as
-    ``torch.optim.RAdam.step`` runs it (``_accelerator_graph_capture_health_check``; torch 2.6-2.8:
+    ``torch.optim.RAdam.step`` runs it (``_accelerator_graph_capture_health_check``; torch 2.7-2.8:
     ``_cuda_graph_capture_health_check``). Where neither exists, said once and skipped."""
     for name in ("_accelerator_graph_capture_health_check", "_cuda_graph_capture_health_check"):
         check = getattr(optimizer, name, None)
