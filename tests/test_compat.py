@@ -57,12 +57,14 @@ def test_an_older_torch_fails_the_import_with_one_line_naming_the_floor() -> Non
 
 
 def test_the_floor_itself_and_newer_pass(monkeypatch) -> None:
-    for version in (".".join(map(str, _compile.TORCH_FLOOR)) + ".0", "2.10.0", "2.13.0+cpu", "3.0.0"):
+    floor = ".".join(map(str, _compile.TORCH_FLOOR))
+    for version in (floor, floor + "+cu126", "2.8.0", "2.10.0", "2.13.0+cpu", "3.0.0"):
         monkeypatch.setattr(torch, "__version__", version)
         _compile.require_torch_floor()
-    monkeypatch.setattr(torch, "__version__", "2.6.0")
-    with pytest.raises(ImportError, match=r"^hf-adasam needs torch>=\d+\.\d+; this is torch 2\.6\.0"):
-        _compile.require_torch_floor()
+    for version in ("2.6.0", "2.7.0", "1.13.1"):
+        monkeypatch.setattr(torch, "__version__", version)
+        with pytest.raises(ImportError, match=rf"^hf-adasam needs torch>={floor}; this is torch {version}"):
+            _compile.require_torch_floor()
 
 
 def test_import_loads_no_private_torch_subsystem() -> None:

@@ -55,7 +55,7 @@ from .._logging import HfAdasamWarning
 # the oldest torch hf-adasam runs on (pyproject.toml declares the same floor; tests/test_compat.py keeps them equal)
 # (torch 2.6.0 fails: its lerp_ refuses the 0-d float64 weight our compiled kernels pass, and sizes 0 and 1 always
 # specialise, so a bucket compiles up to 4 graphs per kernel; docs/compat.md)
-TORCH_FLOOR = (2, 7)
+TORCH_FLOOR = (2, 7, 1)
 # the torch releases on which every use below was checked (the kernel net, dispatch, RAdam, SAM and trainer tests)
 CHECKED = ("2.7.1", "2.8.0", "2.13.0")
 # the graphs one process may compile per kernel (dtypes x devices x knobs); dynamo's default is 8
@@ -64,10 +64,14 @@ RECOMPILE_LIMIT = 64
 RECOMPILE_LIMIT_NAMES = ("recompile_limit",)
 
 
-def torch_version() -> tuple[int, int]:
-    """The installed torch's (major, minor)."""
-    found = re.match(r"(\d+)\.(\d+)", torch.__version__)
-    return (int(found[1]), int(found[2])) if found else (0, 0)
+def torch_version() -> tuple[int, int, int]:
+    """The installed torch's (major, minor, patch) (a pre-release or local build counts as its release)."""
+    return version_of(torch.__version__)
+
+
+def version_of(version: str) -> tuple[int, int, int]:
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(found[1]), int(found[2]), int(found[3] or 0)) if found else (0, 0, 0)
 
 
 def require_torch_floor() -> None:
@@ -168,17 +172,11 @@ def compile_unavailable() -> str | None:
             get_cpp_compiler()
         except Exception as err:
             return f"torch.compile cannot build C++ here (no C++ compiler: {type(err).__name__}: {err})"
-    version = torch_version()
-    if version not in {torch_version_of(v) for v in CHECKED}:
+    if torch_version()[:2] not in {version_of(v)[:2] for v in CHECKED}:
         _say_once(f"the compiled kernels use torch internals {_checked()}; this is torch {torch.__version__}. "
                   "hf-adasam's differential net (tests/test_kernel_net.py) says whether they still hold; "
                   "HF_ADASAM_IMPL=foreach runs without them.")
     return None
-
-
-def torch_version_of(version: str) -> tuple[int, int]:
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
 
 
 def compile_errors() -> tuple[type[BaseException], ...]:
