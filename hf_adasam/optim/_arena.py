@@ -160,7 +160,9 @@ def arenas(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], cols: int
     if bool((rel % itemsize[:, None]).any()):
         raise NotArena("a tensor not aligned to its element size")
     offs = rel // itemsize[:, None]
-    spans = (offs + numels).amax(1).clamp(min=1).tolist()
+    # at least `cols` rows: torch 2.7-2.8 guard a graph on cols <= span, so a bucket of one tensor smaller than a
+    # row would compile it again (the rows past the last tensor's end are never read: rows are gathered by offset)
+    spans = (offs + numels).amax(1).clamp(min=cols).tolist()
     reads, writes = [], []
     for i, (dtype, write) in enumerate(zip(dtypes, written, strict=True)):
         if write and len(lists[i]) > 1 and not _disjoint(ptrs[i], numels[i] * itemsize[i]):

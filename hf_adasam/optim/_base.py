@@ -41,7 +41,15 @@ from .._logging import HfAdasamWarning, is_main_process, logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
 from . import _arena
 from ._arena import PerTensor
-from ._compile import compile_errors, compile_settings, compile_unavailable, compiled, is_view, version_counter
+from ._compile import (
+    compile_errors,
+    compile_settings,
+    compile_unavailable,
+    compiled,
+    is_view,
+    kernel_inductor_options,
+    version_counter,
+)
 
 Impl = Literal["auto", "compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")  # the three kernels
@@ -383,7 +391,8 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
     if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
         raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
                            "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
-    fn = compiled(_arena.elementwise_graph(single, kinds, names, written), inductor)
+    fn = compiled(_arena.elementwise_graph(single, kinds, names, written),
+                  kernel_inductor_options(inductor, dtypes, device))
     shared_flat = [[_flat(t) for t in ts] for ts in common]
 
     def call(lists: list[list[Tensor]], numels: Sequence[int], shared: list[list[Tensor]], vectors: dict[str, Tensor],
@@ -435,7 +444,8 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
     try:
         scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
         sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
-        graph = compiled(_arena.reduction_graph(fn), inductor)
+        graph = compiled(_arena.reduction_graph(fn),
+                         kernel_inductor_options(inductor, tuple(ts[0].dtype for ts in lists), device))
 
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)

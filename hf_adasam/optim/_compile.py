@@ -10,8 +10,10 @@ it:
   compile" (that kernel then runs its foreach twin);
 - ``torch.fx.experimental._config`` (``use_duck_shape``, ``backed_size_oblivious``): one graph for every bucket
   size;
-- ``torch._inductor.config`` (``cpp.vec_isa_ok``, ``cpp.enable_loop_tail_vec``, ``emulate_precision_casts``) and
-  ``torch._inductor.cpu_vec_isa``: skip the ISA probe, fewer loops to compile, RAdam's float16 rounding;
+- ``torch._inductor.config`` (``cpp.vec_isa_ok``, ``cpp.enable_loop_tail_vec``, ``emulate_precision_casts``;
+  ``cpp.simdlen`` on torch 2.7-2.8) and ``torch._inductor.cpu_vec_isa``: skip the ISA probe, fewer loops to
+  compile, RAdam's float16 rounding (:func:`kernel_inductor_options`: torch 2.7-2.8's
+  ``torch._inductor.codegen.cpp.CppVecOverrides`` needs a workaround for it);
 - ``torch._inductor.cpp_builder.get_cpp_compiler``: whether a C++ compiler is there (CPU);
 - ``torch._C._construct_storage_from_data_pointer``: the arena views (:mod:`._arena`);
 - ``torch._check`` (inside a graph), ``Tensor._version``, ``Tensor._base``: every arena's rows have one length;
@@ -194,6 +196,42 @@ def compile_errors() -> tuple[type[BaseException], ...]:
 INDUCTOR_OPTIONS: dict[str, Any] = {"cpp.enable_loop_tail_vec": False}
 # settings single kernels ask for (``run_kernel(..., inductor=...)``): RAdam's float16 rounding as eager torch's
 KERNEL_INDUCTOR_OPTIONS = ("emulate_precision_casts",)
+
+
+def kernel_inductor_options(inductor: tuple[tuple[str, Any], ...], dtypes: tuple[torch.dtype, ...],
+                            device: torch.device) -> tuple[tuple[str, Any], ...]:
+    """A kernel's own inductor settings for a call on ``dtypes`` and ``device``, with this torch's workaround:
+
+    - torch 2.7 and 2.8 on CPU: the vectorised C++ code generator cannot emit the float16/bfloat16 casts that
+      ``emulate_precision_casts`` asks for (``CppVecOverrides.to_dtype`` misspells its ``use_compute_types``
+      parameter: ``TypeError: CppVecOverrides.to_dtype() got an unexpected keyword argument
+      'use_compute_types'``; 2.13 has it right). Such a kernel (RAdam's in float16/bfloat16) compiles without
+      vectorisation there (``cpp.simdlen=1``): the same numbers, slower; said once.
+    """
+    if (device.type == "cpu" and dict(inductor).get("emulate_precision_casts")
+            and any(d in (torch.float16, torch.bfloat16) for d in dtypes) and _vectorised_casts_broken()):
+        if "vectorised casts" not in _SAID:
+            _SAID.add("vectorised casts")
+            from .._logging import is_main_process, logger
+
+            if is_main_process():
+                logger.info("hf-adasam: torch %s's vectorised C++ code cannot emulate float16/bfloat16 rounding "
+                            "(CppVecOverrides.to_dtype); RAdam's half-precision kernel compiles unvectorised on CPU",
+                            torch.__version__)
+        return (*inductor, ("cpp.simdlen", 1))
+    return inductor
+
+
+@functools.cache
+def _vectorised_casts_broken() -> bool:
+    """Whether inductor's ``CppVecOverrides.to_dtype`` lacks its ``use_compute_types`` parameter (torch 2.7-2.8)."""
+    try:
+        from torch._inductor.codegen.cpp import CppVecOverrides
+
+        params = inspect.signature(CppVecOverrides.to_dtype).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+    return "use_compute_types" not in params and "cpp.simdlen" in _settings().inductor_keys
 
 
 @functools.cache
