@@ -254,9 +254,9 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
         same_rows(*reads, *writes)
         blocks = [list(gather(a, k, rows_at[i], tail_at[i])) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
-        hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
+        hyperparams = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
                  **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
-        single(*positional, *shared, **hyper)
+        single(*positional, *shared, **hyperparams)
         for i, w in enumerate(writes):
             if w is not None and written[i]:
                 scatter(w, rows_at[i], tail_at[i], *blocks[i])

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -198,7 +198,7 @@ def run_kernel(
     single: Callable[..., None],
     multi: Callable[..., None],
     tensors: Sequence[list[Tensor]],
-    hyper: dict[str, Any],
+    hyperparams: dict[str, Any],
     *,
     shared: int = 0,
     stores: Sequence[tuple[list[Tensor], PerTensor]] = (),
@@ -223,13 +223,13 @@ def run_kernel(
     warning that says why.
     """
     if impl == "single":
-        single(*tensors, **_unpacked(hyper))
+        single(*tensors, **_unpacked(hyperparams))
         _store(stores)
     elif impl == "foreach" or single in _COMPILE_FAILED:
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         _store(stores)
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, stores, inductor)
+        _run_compiled(single, multi, tensors, hyperparams, shared, stores, inductor)
 
 
 def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | None = None) -> None:
@@ -241,21 +241,21 @@ def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | No
             torch._foreach_copy_([targets[i] for i in idx], values.values[idx].unbind())
 
 
-def _unpacked(hyper: dict[str, Any]) -> dict[str, Any]:
-    """``hyper`` as the single-tensor and foreach kernels take it: a :class:`PerTensor` as a list of 0-d tensors."""
-    if not any(isinstance(v, PerTensor) for v in hyper.values()):
-        return hyper
-    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyper.items()}
+def _unpacked(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparams`` as the single-tensor and foreach kernels take them: a :class:`PerTensor` as 0-d tensors."""
+    if not any(isinstance(v, PerTensor) for v in hyperparams.values()):
+        return hyperparams
+    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyperparams.items()}
 
 
-def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
+def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyperparams: dict[str, Any], shared: int,
                 idx: list[int]) -> None:
     """The foreach kernel on the parameters ``idx`` (their per-parameter lists; shared lists whole)."""
     if not idx:
         return
     cut = len(tensors) - shared
     if len(idx) == len(tensors[0]):
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         return
 
     def pick(v: Any) -> Any:
@@ -264,7 +264,7 @@ def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyp
         return PerTensor(v.values[idx]) if isinstance(v, PerTensor) else v
 
     multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
-          **_unpacked({k: pick(v) for k, v in hyper.items()}))
+          **_unpacked({k: pick(v) for k, v in hyperparams.items()}))
 
 
 def _compile_failed(single: Callable[..., None], err: Exception) -> None:
@@ -293,7 +293,7 @@ def _run_compiled(
     single: Callable[..., None],
     multi: Callable[..., None],
     tensors: Sequence[list[Tensor]],
-    hyper: dict[str, Any],
+    hyperparams: dict[str, Any],
     shared: int,
     stores: Sequence[tuple[list[Tensor], PerTensor]],
     inductor: tuple[tuple[str, Any], ...],
@@ -311,13 +311,13 @@ def _run_compiled(
     why = compile_unavailable()
     if why is not None:
         _compile_failed(single, RuntimeError(why))
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         _store(stores)
         return
     n = len(tensors[0])
     cut = len(tensors) - shared
-    named = [k for k, v in hyper.items() if isinstance(v, list)]
-    lists = [*tensors[:cut], *(hyper[k] for k in named)]
+    named = [k for k, v in hyperparams.items() if isinstance(v, list)]
+    lists = [*tensors[:cut], *(hyperparams[k] for k in named)]
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
     every = [*lists, *(targets for targets, _ in stores)]
@@ -328,22 +328,22 @@ def _run_compiled(
         rest = [i for i in range(n) if i not in set(fits)]
     if fits:
         sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
-        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
+        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyperparams.items()
                    if isinstance(v, PerTensor)}
-        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyperparams.items()
                    if not isinstance(v, (list, PerTensor))}
         store_pairs = [(sub(targets), values.values if len(fits) == n else values.values[fits])
                        for targets, values in stores]
         try:
             _arena_call(single, [sub(ts) for ts in lists], names, sub(numels), tensors[cut:], vectors, scalars,
-                        hyper, store_pairs, inductor)
+                        hyperparams, store_pairs, inductor)
         except _arena.NotArena as err:
             _say_not_arena(single, err)
             rest = list(range(n))
         except compile_errors() as err:  # raised while tracing/compiling a graph, before it ran
             _compile_failed(single, err)
             rest = list(range(n))
-    _foreach_on(multi, tensors, hyper, shared, rest)
+    _foreach_on(multi, tensors, hyperparams, shared, rest)
     _store(stores, rest)
 
 
@@ -376,7 +376,7 @@ def _signature(fn: Callable[..., Any], device: torch.device, *parts: Any, scalar
 
 def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
                 numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
-                scalars: dict[str, Any], hyper: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
+                scalars: dict[str, Any], hyperparams: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
                 inductor: tuple[tuple[str, Any], ...]) -> None:
     device = lists[0][0].device
     kinds = _kinds(lists, numels)
@@ -387,7 +387,7 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
                      tuple((k, v.dtype) for k, v in vectors.items()), scalars=scalars)
     written = _WRITTEN.get(sig)
     if written is None:
-        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyper, device)
+        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyperparams, device)
     if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
         raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
                            "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
@@ -471,7 +471,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
 
 
 def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Sequence[str | None],
-                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyper: dict[str, Any],
+                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyperparams: dict[str, Any],
                    device: torch.device) -> tuple[bool, ...]:
     """Which of the lists ``single`` writes: it runs once, eagerly, on one dummy parameter of two elements, and
     a list was written if its tensor's version counter moved (kernels branch on knobs, never on tensor values)."""
@@ -479,7 +479,7 @@ def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Seq
                for k, d in zip(kinds, dtypes, strict=True)]
     versions = [version_counter(t) for t in dummies]
     args = {k: [torch.zeros((), dtype=v.values.dtype, device=device)] if isinstance(v, PerTensor) else v
-            for k, v in hyper.items()}
+            for k, v in hyperparams.items()}
     args.update({n: [t] for t, n in zip(dummies, names, strict=True) if n is not None})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -553,9 +553,11 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
     """An optimizer whose step is a functional kernel over lists of tensors.
 
     Subclasses set ``state_buffers`` (names of per-parameter buffers created as ``zeros_like(p)``
-    unless ``init_state`` is overridden) and implement ``update_bucket``. Parameters of a group are
-    bucketed by (device, dtype, step count) so one kernel call sees tensors that share every
-    scalar; in ordinary training every group is a single bucket.
+    unless ``init_state`` is overridden) and implement ``update_bucket``. A step: the params with a gradient
+    (:meth:`params_with_grad`) have their step counts incremented, are bucketed by (device, dtype, step count)
+    so one kernel call sees tensors that share every scalar (in ordinary training every group is a single
+    bucket), then :meth:`global_statistics` (a hook: statistics over all parameters, such as Adai's v̄) and
+    :meth:`update_bucket` for each bucket.
     """
 
     state_buffers: tuple[str, ...] = ()
@@ -594,9 +596,10 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
         for name in self.state_buffers:
             state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def gather(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[Tensor]]:
-        """Params of ``group`` that have a gradient, bucketed by (device, dtype, next step)."""
-        buckets: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+    def params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
+        """The params of ``group`` that have a gradient this step; a param seen for the first time gets its state
+        (:meth:`init_state`). Sparse gradients are refused."""
+        params = []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -605,16 +608,40 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
             state = self.state[p]
             if not state:
                 self.init_state(p, state, group)
-            state["step"] += 1
-            buckets[(p.device, p.dtype, state["step"])].append(p)
+            params.append(p)
+        return params
+
+    def increment_step_counts(self, params: list[Tensor]) -> None:
+        """``state["step"] += 1`` for each of ``params``: the step about to be taken is step ``state["step"]``."""
+        for p in params:
+            self.state[p]["step"] += 1
+
+    def by_device_dtype_and_step(self, params: list[Tensor]) -> dict[tuple[Any, ...], list[Tensor]]:
+        """``params`` grouped by (device, dtype, step count): the tensors of one group share every scalar of a
+        kernel call (a step count differs where a parameter skipped steps without a gradient)."""
+        buckets: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+        for p in params:
+            buckets[(p.device, p.dtype, self.state[p]["step"])].append(p)
+        return buckets
+
+    def step_buckets(self) -> list[Bucket]:
+        """This step's buckets over every param group, after each parameter's step count is incremented."""
+        buckets = []
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            self.increment_step_counts(params)
+            hyperparams = step_hyperparams(group)
+            buckets += [Bucket(hyperparams, bucket, step)
+                        for (_, _, step), bucket in self.by_device_dtype_and_step(params).items()]
         return buckets
 
     def buffers(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
         """The state buffers ``names`` of ``params``, as the kernels take them (local shards under FSDP2)."""
         return [[local(self.state[p][n]) for p in params] for n in names]
 
-    def lists(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
-        """(params, grads, *buffers) as the kernels take them: local shards under FSDP2, else the tensors."""
+    def kernel_inputs(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
+        """The kernels' leading lists: params, their grads, then the state buffers ``names``; local shards under
+        FSDP2, else the tensors themselves."""
         return [[local(p) for p in params], [local(p.grad) for p in params], *self.buffers(params, *names)]
 
     def reduction(self, params: list[Tensor]) -> Reduction:
@@ -630,7 +657,16 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
                 logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each "
                             "rank's shards; %s", type(self).__name__, self.kernel_impl, self.sharded_statistics)
 
-    def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
+    def global_statistics(self, buckets: list[Bucket]) -> dict[str, Any]:
+        """Hook: statistics over every parameter of every group that each bucket's update needs (Adai's mean of
+        v̂), computed after the step counts are incremented and before any update; passed to
+        :meth:`update_bucket` as keyword arguments. None by default."""
+        return {}
+
+    def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int, **statistics: Any) -> None:
+        """The update of one bucket: ``group`` its group's hyperparameters as the kernels read them this step
+        (:func:`step_hyperparams`), ``step`` the step count after the increment, ``statistics``
+        :meth:`global_statistics`'."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -640,15 +676,24 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with self.timed_step():
-            for group in self.param_groups:
-                hyper = scalar_hyper(group)
-                for (_, _, step), params in self.gather(group).items():
-                    self.say_if_sharded(params)
-                    self.update_bucket(hyper, params, step)
+            buckets = self.step_buckets()
+            if buckets:
+                self.say_if_sharded([p for bucket in buckets for p in bucket.params])
+                statistics = self.global_statistics(buckets)
+                for bucket in buckets:
+                    self.update_bucket(bucket.group, bucket.params, bucket.step, **statistics)
         return loss
 
 
-def scalar_hyper(group: dict[str, Any]) -> dict[str, Any]:
+class Bucket(NamedTuple):
+    """Parameters of one group that share device, dtype and step count: one call of each kernel."""
+
+    group: dict[str, Any]  # the group's hyperparameters as the kernels read them this step (step_hyperparams)
+    params: list[Tensor]
+    step: int  # the step count after this step's increment (1 at the first step)
+
+
+def step_hyperparams(group: dict[str, Any]) -> dict[str, Any]:
     """``group`` as the kernels read it: a tensor ``lr`` (as torch.optim's Adam family accepts, and
     schedulers update in place) becomes its Python float for this step."""
     lr = group["lr"]

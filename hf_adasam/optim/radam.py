@@ -255,12 +255,12 @@ def _compiled_radam(
 _INDUCTOR_OPTIONS = (("emulate_precision_casts", True),)
 
 
-def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def radam(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Functional RAdam over lists (params, grads, exp_avgs, exp_avg_sqs, state_steps): torch's kernels."""
-    constants: Constants = hyper["constants"]
+    constants: Constants = hyperparams["constants"]
     if impl != "compiled" or constants.has_complex:
         run_kernel("foreach" if impl == "compiled" else impl, _single_tensor_radam, _multi_tensor_radam, tensors,
-                   hyper)
+                   hyperparams)
         return
     *lists, state_steps = tensors
     counts = torch.stack(state_steps).to(torch.float64)
@@ -269,6 +269,6 @@ def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
         scalars = step_scalars(float(lo) + 1, constants.beta1, constants.beta2)
     else:
         scalars = {k: PerTensor(v) for k, v in step_scalars(counts + 1, constants.beta1, constants.beta2).items()}
-    kernel = dict(lr=hyper["lr"], eps=hyper["eps"], constants=constants, **scalars)
+    kernel = dict(lr=hyperparams["lr"], eps=hyperparams["eps"], constants=constants, **scalars)
     run_kernel(impl, _compiled_radam, _compiled_radam, lists, kernel, inductor=_INDUCTOR_OPTIONS)
     torch._foreach_add_(state_steps, 1)
