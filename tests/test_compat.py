@@ -43,6 +43,18 @@ def test_pyproject_declares_the_floor_the_package_enforces() -> None:
     assert re.findall(r'"torch>=([0-9.]+)"', deps) == [".".join(map(str, _compile.TORCH_FLOOR))]
 
 
+def test_ci_floor_stage_installs_torchs_floor_and_runs_the_kernel_net_and_sam_trainer_tests() -> None:
+    from . import conftest
+
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "floor_constraints.py")], capture_output=True, text=True,
+                         check=True)
+    assert f"torch=={'.'.join(map(str, _compile.TORCH_FLOOR))}" in out.stdout.splitlines()
+    floor_stage = (ROOT / ".ci" / "run").read_text().split("python3 -m venv .venv-ci-floor", 1)[1]
+    assert "floor_constraints.py > .venv-ci-floor/constraints.txt" in floor_stage
+    assert "pytest -m integration" in floor_stage and "test_sam_trainer.py" in conftest.INTEGRATION
+    assert "tests/test_kernel_net.py" in floor_stage.split("--trl", 1)[0]
+
+
 def test_an_older_torch_fails_the_import_with_one_line_naming_the_floor() -> None:
     out = _python("""
         import torch
