@@ -1,12 +1,13 @@
 """Print pip constraints pinning the floors CI's floor stage installs, read from pyproject.toml.
 
-    python .ci/floor_constraints.py > floor.txt               # torch==2.13.0, transformers==X, accelerate==Y
-    python .ci/floor_constraints.py --trl > floor-trl.txt     # torch, transformers==X, trl==Z ([trl] extra's floor)
+    python .ci/floor_constraints.py > floor.txt               # torch==T, transformers==X, accelerate==Y
+    python .ci/floor_constraints.py --trl > floor-trl.txt     # torch==T, transformers==X, trl==Z ([trl] extra's floor)
     python .ci/floor_constraints.py --trl-accelerate          # accelerate==the higher of Y and the installed trl's
                                                               # own accelerate floor (trl 1.x needs >= 1.4.0)
 
-The floors live once, in pyproject.toml: transformers and accelerate in its dependencies, trl in the ``trl``
-extra; CI's floor stage installs exactly them. trl's stage leaves accelerate to trl's own floor, which can be above
+The floors live once, in pyproject.toml: torch, transformers and accelerate in its dependencies, trl in the
+``trl`` extra; CI's floor stage installs exactly them (torch's floor is a CUDA wheel from PyPI, ~3 GB with its
+nvidia-* dependencies, which pip caches). trl's stage leaves accelerate to trl's own floor, which can be above
 ours (it is read from the installed trl's metadata, so it is never copied here).
 """
 
@@ -14,8 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-FLOORED = ("transformers", "accelerate")
-TORCH = "torch==2.13.0"
+FLOORED = ("torch", "transformers", "accelerate")
 
 
 def _pyproject() -> str:
@@ -61,12 +61,11 @@ if __name__ == "__main__":
     if mode == "--trl-accelerate":
         print(f"accelerate=={accelerate_for_installed_trl()}")
     elif mode == "--trl":
-        print(TORCH)
+        print(f"torch=={floors()['torch']}")
         print(f"transformers=={floors()['transformers']}")
         print(f"trl=={trl_floor()}")
     elif mode:
         sys.exit(f"unknown option {mode!r}; allowed: --trl, --trl-accelerate, or none")
     else:
-        print(TORCH)
         for name, version in floors().items():
             print(f"{name}=={version}")

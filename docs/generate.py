@@ -76,7 +76,8 @@ def versions() -> str:
     python = re.search(r'^requires-python = "([^"]+)"', toml, re.M).group(1)
     lines = ["| package | declared (`pyproject.toml`) | CI tests (`.ci/run`) |", "|---|---|---|",
              f"| Python | `{python}` | the `python3` of CI's image |",
-             f"| torch | `{spec(deps, 'torch')}` (see below) | {torch_pin} (the test command pins it) |"]
+             f"| torch | `{spec(deps, 'torch')}` (see below) | {torch_pin} (the test command pins it); "
+             f"{spec(deps, 'torch').lstrip('>=')} (floor stage) |"]
     for name in ("transformers", "accelerate"):
         declared = spec(deps, name)
         lines.append(f"| {name} | `{declared}` | the newest release; {declared.lstrip('>=')} (floor stage) |")

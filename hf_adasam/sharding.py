@@ -18,6 +18,7 @@ all parameters (Adai's v̄) is made whole by one all-reduce per statistic and st
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,24 @@ from torch import Tensor
 __all__ = ["LOCAL", "Reduction", "ShardedReduction", "is_sharded", "local", "reduction_for", "state_bytes"]
 
 
+def _dtensor_class() -> type | None:
+    """``torch.distributed.tensor.DTensor`` (public from torch 2.5; checked with torch 2.6-2.13) once that module is
+    loaded, else ``None``: a DTensor exists only after its module was imported, so nothing is imported here (it
+    costs ~0.1 s, and a torch built without distributed support has none)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    found = getattr(module, "DTensor", None)
+    if found is not None:
+        _DTENSOR.append(found)
+    return found
+
+
+_DTENSOR: list[type] = []
+
+
 def is_sharded(t: Any) -> bool:
     """Whether ``t`` is a DTensor (a parameter or gradient under FSDP2)."""
-    return type(t).__name__ == "DTensor" and hasattr(t, "to_local") and hasattr(t, "device_mesh")
+    cls = _DTENSOR[0] if _DTENSOR else _dtensor_class()
+    return cls is not None and isinstance(t, cls)
 
 
 def local(t: Tensor) -> Tensor:

@@ -35,10 +35,8 @@ def _dynamo_room():
     dtypes here, more graphs than hf-adasam's recompile limit (64) allows a training process; past it a
     kernel would fall back to foreach, and the compiled path would no longer be what is tested."""
     torch._dynamo.reset()
-    saved = torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit
-    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 4096
-    yield
-    torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit = saved
+    with torch._dynamo.config.patch(recompile_limit=4096, accumulated_recompile_limit=4096):
+        yield
     torch._dynamo.reset()
 
 

@@ -25,15 +25,14 @@ never from values the graph read from their own arena. The differential net (tes
 every kernel, dtype and knob against the float64 single-tensor path.
 
 The memory view of an arena needs a private torch function (``torch._C._construct_storage_from_data_pointer``,
-which inductor's CUDA graphs use for the same purpose). It is used only here; :func:`available` checks it once,
-and without it the compiled impl falls back to the foreach kernels with a warning saying why.
+which inductor's CUDA graphs use for the same purpose), reached through :func:`._compile.storage_at`; without it
+the compiled impl is off and the foreach kernels run, with a warning saying why (:mod:`._compile`).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._compile import assume_equal, storage_at
+
 # how a list of tensors maps onto the parameters
 ELEM = "elem"  # one tensor per parameter, of the parameter's size (params, grads, state buffers)
 SCALAR = "scalar"  # one one-element tensor per parameter (per-tensor state: AdaShift's v, RAdam's step)
 
-TESTED_TORCH = ((2, 13),)  # torch versions whose private function below was checked
 ROW_CHOICES = (1024, 512, 256, 128, 64, 32, 16)  # candidate row lengths C, largest first
 
 
@@ -64,30 +64,12 @@ class PerTensor:
         return list(self.values.unbind())
 
 
-# ----------------------------------------------------------------------------------------------
-# the one private torch function
-# ----------------------------------------------------------------------------------------------
-@functools.cache
-def available() -> str | None:
-    """``None`` when arenas can be built with this torch; else why not (the caller warns and uses foreach)."""
-    if not hasattr(torch._C, "_construct_storage_from_data_pointer"):
-        return (f"torch {torch.__version__} has no torch._C._construct_storage_from_data_pointer (checked with "
-                f"torch {', '.join('.'.join(map(str, v)) for v in TESTED_TORCH)})")
-    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-    if version not in TESTED_TORCH:
-        warnings.warn(f"hf-adasam: arena dispatch uses torch._C._construct_storage_from_data_pointer, checked with "
-                      f"torch {', '.join('.'.join(map(str, v)) for v in TESTED_TORCH)}; this is torch "
-                      f"{torch.__version__}. The differential net (tests/test_kernel_net.py) says whether it still "
-                      "holds.", RuntimeWarning, stacklevel=4)
-    return None
-
-
 def _view(ptr: int, span: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A ``(span, cols)`` tensor over the memory at ``ptr``, row ``i`` starting at element ``i`` (strides 1, 1).
 
     A new storage object each time: two views of the same memory are, to the compiler, two unrelated inputs."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    storage = torch._C._construct_storage_from_data_pointer(ptr, device, (span + cols - 1) * itemsize)
+    storage = storage_at(ptr, device, (span + cols - 1) * itemsize)
     return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, (span, cols), (1, 1))
 
 
@@ -178,7 +160,9 @@ def arenas(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], cols: int
     if bool((rel % itemsize[:, None]).any()):
         raise NotArena("a tensor not aligned to its element size")
     offs = rel // itemsize[:, None]
-    spans = (offs + numels).amax(1).clamp(min=1).tolist()
+    # at least `cols` rows: torch 2.7-2.8 guard a graph on cols <= span, so a bucket of one tensor smaller than a
+    # row would compile it again (the rows past the last tensor's end are never read: rows are gathered by offset)
+    spans = (offs + numels).amax(1).clamp(min=cols).tolist()
     reads, writes = [], []
     for i, (dtype, write) in enumerate(zip(dtypes, written, strict=True)):
         if write and len(lists[i]) > 1 and not _disjoint(ptrs[i], numels[i] * itemsize[i]):
@@ -274,7 +258,7 @@ def same_rows(*views: Tensor | None) -> None:
     no longer be computed before the loop that writes them over)."""
     views = [v for v in views if v is not None]
     for v in views[1:]:
-        torch._check(v.shape[1] == views[0].shape[1])
+        assume_equal(v.shape[1], views[0].shape[1])
 
 
 def per_tensor(values: Tensor, lay: Lay) -> tuple[Tensor, Tensor]:
@@ -297,9 +281,9 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
         same_rows(*reads, *writes)
         blocks = [list(gather(a, k, rows_at[i], tail_at[i])) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
-        hyper = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
+        hyperparams = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
                  **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
-        single(*positional, *shared, **hyper)
+        single(*positional, *shared, **hyperparams)
         for i, w in enumerate(writes):
             if w is not None and written[i]:
                 scatter(w, rows_at[i], tail_at[i], *blocks[i])

@@ -25,7 +25,6 @@ cosine and minimum, Adai's v̄). The first sharded step logs what it does.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import sys
@@ -33,15 +32,24 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .._logging import is_main_process, logger
+from .._logging import HfAdasamWarning, is_main_process, logger
 from ..sharding import Reduction, is_sharded, local, reduction_for
 from . import _arena
 from ._arena import PerTensor
+from ._compile import (
+    compile_errors,
+    compile_settings,
+    compile_unavailable,
+    compiled,
+    is_view,
+    kernel_inductor_options,
+    version_counter,
+)
 
 Impl = Literal["auto", "compiled", "foreach", "single"]
 IMPLS: tuple[str, ...] = ("compiled", "foreach", "single")  # the three kernels
@@ -110,12 +118,10 @@ def resolve_impl(impl: str | None) -> str:
     impl = default_impl() if impl is None else impl
     if impl not in (AUTO, *IMPLS):
         raise ValueError(f"Invalid impl: {impl!r}; allowed values are {', '.join((AUTO, *IMPLS))}")
-    if impl == "compiled" and not compile_supported():
-        warnings.warn(
-            "torch.compile is not usable here (no C++ compiler or unsupported platform); "
-            "hf-adasam optimizers fall back to the eager foreach kernels",
-            stacklevel=3,
-        )
+    why = compile_unavailable() if impl == "compiled" else None
+    if why is not None:
+        warnings.warn(f"{why}; hf-adasam optimizers run the eager foreach kernels (the same update)", HfAdasamWarning,
+                      stacklevel=3)
         impl = "foreach"
     return impl
 
@@ -151,7 +157,7 @@ class ImplChoice:
         yield
         spent = self.__dict__.get("_auto_spent", 0.0) + time.perf_counter() - start
         self._auto_spent = spent
-        if _all_ranks_agree(spent >= AUTO_SWITCH_S) and compile_supported():
+        if _all_ranks_agree(spent >= AUTO_SWITCH_S) and _can_compile():
             self._auto_compiled = True
             if is_main_process():
                 logger.info("hf-adasam: %s has spent %.1f s in foreach steps: compiling its kernels (impl=auto)",
@@ -175,36 +181,16 @@ def _all_ranks_agree(switch: bool) -> bool:
     return bool(flag.item())
 
 
-@functools.cache
-def compile_supported() -> bool:
-    if not hasattr(torch, "compile") or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
-        return False
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception:
-        return torch.cuda.is_available()
-    return True
+def _can_compile() -> bool:
+    """For impl="auto": whether to switch to the compiled kernels; where not, said once, and foreach stays."""
+    why = compile_unavailable()
+    if why is not None and not _AUTO_SAID_NO:
+        _AUTO_SAID_NO.append(True)
+        warnings.warn(f"impl=auto stays on the foreach kernels: {why}", HfAdasamWarning, stacklevel=4)
+    return why is None
 
 
-# inductor settings of every kernel's compilation: a vectorised tail loop (the last < 16 elements of a row)
-# is more C++ to compile per loop (~0.8 s of a cold first step), for a handful of elements
-_INDUCTOR_OPTIONS = {"cpp.enable_loop_tail_vec": False}
-
-
-@functools.cache
-def compiled(fn: Callable[..., None], inductor: tuple[tuple[str, Any], ...] = ()) -> Callable[..., None]:
-    """``fn`` under ``torch.compile`` with dynamic shapes: one graph per kernel, shared by all instances.
-
-    ``fn`` is a kernel's arena graph (:mod:`._arena`): every size in it is symbolic, so one compilation serves
-    every model. ``inductor``: the kernel's own inductor settings, (name, value) pairs, in force whenever it
-    compiles.
-    """
-    # a new dtype, device or knob that changes the graph (a None floor, AdaShift's phi) compiles once more; a
-    # busy process (several optimizers, each dtype) must not hit dynamo's default limit of 8 and drop to eager
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, fullgraph=True, dynamic=True, options={**_INDUCTOR_OPTIONS, **dict(inductor)})
+_AUTO_SAID_NO: list[bool] = []
 
 
 def run_kernel(
@@ -212,7 +198,7 @@ def run_kernel(
     single: Callable[..., None],
     multi: Callable[..., None],
     tensors: Sequence[list[Tensor]],
-    hyper: dict[str, Any],
+    hyperparams: dict[str, Any],
     *,
     shared: int = 0,
     stores: Sequence[tuple[list[Tensor], PerTensor]] = (),
@@ -237,13 +223,13 @@ def run_kernel(
     warning that says why.
     """
     if impl == "single":
-        single(*tensors, **_unpacked(hyper))
+        single(*tensors, **_unpacked(hyperparams))
         _store(stores)
     elif impl == "foreach" or single in _COMPILE_FAILED:
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         _store(stores)
     else:
-        _run_compiled(single, multi, tensors, hyper, shared, stores, inductor)
+        _run_compiled(single, multi, tensors, hyperparams, shared, stores, inductor)
 
 
 def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | None = None) -> None:
@@ -255,21 +241,21 @@ def _store(stores: Sequence[tuple[list[Tensor], PerTensor]], idx: list[int] | No
             torch._foreach_copy_([targets[i] for i in idx], values.values[idx].unbind())
 
 
-def _unpacked(hyper: dict[str, Any]) -> dict[str, Any]:
-    """``hyper`` as the single-tensor and foreach kernels take it: a :class:`PerTensor` as a list of 0-d tensors."""
-    if not any(isinstance(v, PerTensor) for v in hyper.values()):
-        return hyper
-    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyper.items()}
+def _unpacked(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparams`` as the single-tensor and foreach kernels take them: a :class:`PerTensor` as 0-d tensors."""
+    if not any(isinstance(v, PerTensor) for v in hyperparams.values()):
+        return hyperparams
+    return {k: v.values_list() if isinstance(v, PerTensor) else v for k, v in hyperparams.items()}
 
 
-def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyper: dict[str, Any], shared: int,
+def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyperparams: dict[str, Any], shared: int,
                 idx: list[int]) -> None:
     """The foreach kernel on the parameters ``idx`` (their per-parameter lists; shared lists whole)."""
     if not idx:
         return
     cut = len(tensors) - shared
     if len(idx) == len(tensors[0]):
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         return
 
     def pick(v: Any) -> Any:
@@ -278,7 +264,7 @@ def _foreach_on(multi: Callable[..., None], tensors: Sequence[list[Tensor]], hyp
         return PerTensor(v.values[idx]) if isinstance(v, PerTensor) else v
 
     multi(*[[ts[i] for i in idx] for ts in tensors[:cut]], *tensors[cut:],
-          **_unpacked({k: pick(v) for k, v in hyper.items()}))
+          **_unpacked({k: pick(v) for k, v in hyperparams.items()}))
 
 
 def _compile_failed(single: Callable[..., None], err: Exception) -> None:
@@ -307,7 +293,7 @@ def _run_compiled(
     single: Callable[..., None],
     multi: Callable[..., None],
     tensors: Sequence[list[Tensor]],
-    hyper: dict[str, Any],
+    hyperparams: dict[str, Any],
     shared: int,
     stores: Sequence[tuple[list[Tensor], PerTensor]],
     inductor: tuple[tuple[str, Any], ...],
@@ -322,16 +308,16 @@ def _run_compiled(
       the sizes seen when compiling decide which loops run in parallel.
     - Parameters the arena cannot take (empty, or not contiguous in some list) take the foreach kernel.
     """
-    why = _arena.available()
+    why = compile_unavailable()
     if why is not None:
         _compile_failed(single, RuntimeError(why))
-        multi(*tensors, **_unpacked(hyper))
+        multi(*tensors, **_unpacked(hyperparams))
         _store(stores)
         return
     n = len(tensors[0])
     cut = len(tensors) - shared
-    named = [k for k, v in hyper.items() if isinstance(v, list)]
-    lists = [*tensors[:cut], *(hyper[k] for k in named)]
+    named = [k for k, v in hyperparams.items() if isinstance(v, list)]
+    lists = [*tensors[:cut], *(hyperparams[k] for k in named)]
     names = (*[None] * cut, *named)
     numels = [p.numel() for p in tensors[0]]
     every = [*lists, *(targets for targets, _ in stores)]
@@ -342,22 +328,22 @@ def _run_compiled(
         rest = [i for i in range(n) if i not in set(fits)]
     if fits:
         sub = (lambda ts: ts) if len(fits) == n else (lambda ts: [ts[i] for i in fits])
-        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyper.items()
+        vectors = {k: v.values if len(fits) == n else v.values[fits] for k, v in hyperparams.items()
                    if isinstance(v, PerTensor)}
-        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyper.items()
+        scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in hyperparams.items()
                    if not isinstance(v, (list, PerTensor))}
         store_pairs = [(sub(targets), values.values if len(fits) == n else values.values[fits])
                        for targets, values in stores]
         try:
             _arena_call(single, [sub(ts) for ts in lists], names, sub(numels), tensors[cut:], vectors, scalars,
-                        hyper, store_pairs, inductor)
+                        hyperparams, store_pairs, inductor)
         except _arena.NotArena as err:
             _say_not_arena(single, err)
             rest = list(range(n))
-        except _COMPILE_ERRORS as err:  # raised while tracing/compiling a graph, before it ran
+        except compile_errors() as err:  # raised while tracing/compiling a graph, before it ran
             _compile_failed(single, err)
             rest = list(range(n))
-    _foreach_on(multi, tensors, hyper, shared, rest)
+    _foreach_on(multi, tensors, hyperparams, shared, rest)
     _store(stores, rest)
 
 
@@ -390,7 +376,7 @@ def _signature(fn: Callable[..., Any], device: torch.device, *parts: Any, scalar
 
 def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: tuple[str | None, ...],
                 numels: list[int], common: Sequence[list[Tensor]], vectors: dict[str, Tensor],
-                scalars: dict[str, Any], hyper: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
+                scalars: dict[str, Any], hyperparams: dict[str, Any], stores: list[tuple[list[Tensor], Tensor]],
                 inductor: tuple[tuple[str, Any], ...]) -> None:
     device = lists[0][0].device
     kinds = _kinds(lists, numels)
@@ -401,11 +387,12 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
                      tuple((k, v.dtype) for k, v in vectors.items()), scalars=scalars)
     written = _WRITTEN.get(sig)
     if written is None:
-        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyper, device)
+        written = _WRITTEN[sig] = _written_lists(single, kinds, names, dtypes, shared_dtypes, hyperparams, device)
     if any(w and k != _arena.ELEM for w, k in zip(written, kinds, strict=True)):
         raise RuntimeError(f"hf-adasam internal error: {single.__name__} writes a per-tensor scalar list; the arena "
                            "graph writes only element lists (per-tensor values are stored from a PerTensor input)")
-    fn = compiled(_arena.elementwise_graph(single, kinds, names, written), inductor)
+    fn = compiled(_arena.elementwise_graph(single, kinds, names, written),
+                  kernel_inductor_options(inductor, dtypes, device))
     shared_flat = [[_flat(t) for t in ts] for ts in common]
 
     def call(lists: list[list[Tensor]], numels: Sequence[int], shared: list[list[Tensor]], vectors: dict[str, Tensor],
@@ -413,7 +400,7 @@ def _arena_call(single: Callable[..., None], lists: list[list[Tensor]], names: t
         lay = _arena.layout(tuple(numels), device)
         ar, rows_at, tail_at = _arena.prepared(lists, written, kinds, numels, lay, device)
         st = _arena.arenas([t for t, _ in stores], [True] * len(stores), 1, device) if stores else None
-        with _compile_settings(device):
+        with compile_settings(device):
             fn(ar.reads, ar.writes, rows_at, tail_at, (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                shared, vectors, scalars, st.writes if st else [], st.offsets if st else ar.offsets[:0],
                [v for _, v in stores])
@@ -445,7 +432,7 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
     """
     if fn in _COMPILE_FAILED:
         return None
-    why = _arena.available()
+    why = compile_unavailable()
     if why is not None:
         _compile_failed(fn, RuntimeError(why))
         return None
@@ -456,12 +443,13 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
     try:
         scalars = {k: torch.tensor(v, dtype=torch.float64) if type(v) is float else v for k, v in scalars.items()}
         sig = _signature(fn, device, kinds, tuple(ts[0].dtype for ts in lists), scalars=scalars)
-        graph = compiled(_arena.reduction_graph(fn), inductor)
+        graph = compiled(_arena.reduction_graph(fn),
+                         kernel_inductor_options(inductor, tuple(ts[0].dtype for ts in lists), device))
 
         def call(lists: Sequence[Sequence[Tensor]], numels: Sequence[int]) -> Any:
             lay = _arena.layout(tuple(numels), device)
             ar, rows_at, tail_at = _arena.prepared(lists, [False] * len(lists), kinds, numels, lay, device)
-            with _compile_settings(device):
+            with compile_settings(device):
                 return graph(ar.reads, kinds, ar.offsets, rows_at, tail_at,
                              (lay.tid_rows, lay.start_rows, lay.tid_tail, lay.pos_tail),
                              torch.tensor(numels, dtype=torch.int64).to(device), scalars)
@@ -475,27 +463,27 @@ def run_reduction(fn: Callable[..., Any], lists: Sequence[Sequence[Tensor]], kin
         return call(lists, numels)
     except _arena.NotArena as err:
         _say_not_arena(fn, err)
-    except _COMPILE_ERRORS as err:
+    except compile_errors() as err:
         _compile_failed(fn, err)
     return None
 
 
 def _written_lists(single: Callable[..., None], kinds: Sequence[str], names: Sequence[str | None],
-                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyper: dict[str, Any],
+                   dtypes: Sequence[torch.dtype], shared_dtypes: Sequence[torch.dtype], hyperparams: dict[str, Any],
                    device: torch.device) -> tuple[bool, ...]:
     """Which of the lists ``single`` writes: it runs once, eagerly, on one dummy parameter of two elements, and
     a list was written if its tensor's version counter moved (kernels branch on knobs, never on tensor values)."""
     dummies = [torch.zeros(2 if k == _arena.ELEM else 1, dtype=d, device=device)
                for k, d in zip(kinds, dtypes, strict=True)]
-    versions = [t._version for t in dummies]
+    versions = [version_counter(t) for t in dummies]
     args = {k: [torch.zeros((), dtype=v.values.dtype, device=device)] if isinstance(v, PerTensor) else v
-            for k, v in hyper.items()}
+            for k, v in hyperparams.items()}
     args.update({n: [t] for t, n in zip(dummies, names, strict=True) if n is not None})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         single(*[[t] for t, n in zip(dummies, names, strict=True) if n is None],
                *[[torch.zeros(1, dtype=d, device=device)] for d in shared_dtypes], **args)
-    return tuple(t._version != v for t, v in zip(dummies, versions, strict=True))
+    return tuple(version_counter(t) != v for t, v in zip(dummies, versions, strict=True))
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -503,45 +491,11 @@ def _flat(t: Tensor) -> Tensor:
 
     Not ``t.view(-1)``: dynamo guards a view's base, so bases of different ranks would recompile the graph.
     """
-    if t.dim() == 1 and t._base is None and not t.requires_grad:  # (a parameter: guards would see requires_grad)
+    if t.dim() == 1 and not is_view(t) and not t.requires_grad:  # (a parameter: guards would see requires_grad)
         return t
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-@contextlib.contextmanager
-def _compile_settings(device: torch.device) -> Iterator[None]:
-    """Settings for compiling our kernels, in force around every call of a compiled kernel (~30 µs), so that a
-    recompilation (a guard that fails, ``torch._dynamo.reset()``) compiles with them too. The first call of a
-    signature compiles on a synthetic bucket; a recompilation compiles on the sizes of the call that needs it.
-
-    - Sizes are not specialised: no duck sizing (two sizes that happen to be equal must not share a symbol) and
-      sizes 0 and 1 are not special cases (``backed_size_oblivious``): a bucket without tail elements, or of one
-      row, runs the same graph.
-    - On CPU, inductor's instruction-set probe is skipped (``cpp.vec_isa_ok``): in a process with a cold cache
-      it compiles and loads a test program per candidate ISA (AVX512, AVX2, ...), ~7 s on a 2-core machine
-      before our first kernel. The ISAs the CPU reports (torch reads /proc/cpuinfo) are used as they are; a
-      compiler that cannot build them fails the compile, and the kernel falls back to foreach with a warning.
-      The probe's cache is cleared afterwards, so the user's own ``torch.compile`` still probes as usual.
-      (Private inductor settings; checked with torch 2.13.)
-    """
-    import torch.fx.experimental._config as fx_config
-    from torch._inductor import config as inductor_config
-    from torch._inductor import cpu_vec_isa
-
-    probe = cpu_vec_isa.valid_vec_isa_list
-    skip_probe = device.type == "cpu" and inductor_config.cpp.vec_isa_ok is None and probe.cache_info().currsize == 0
-    with fx_config.patch(use_duck_shape=False, backed_size_oblivious=True), \
-            inductor_config.patch({"cpp.vec_isa_ok": True} if skip_probe else {}):
-        try:
-            yield
-        finally:
-            if skip_probe:
-                probe.cache_clear()
-
-
-# Raised by dynamo/inductor before the graph runs: a kernel it cannot trace (e.g. DTensor shards), a
-# backend failure, or the recompile limit (64 graphs of one kernel: dtypes x devices x knobs).
-_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 # kernels whose first compilation this process has announced
 _ANNOUNCED: set[Callable[..., None]] = set()
 # what _announce_compile promises for a cold cache (benchmarks/first_step.py measures it)
@@ -597,9 +551,11 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
     """An optimizer whose step is a functional kernel over lists of tensors.
 
     Subclasses set ``state_buffers`` (names of per-parameter buffers created as ``zeros_like(p)``
-    unless ``init_state`` is overridden) and implement ``update_bucket``. Parameters of a group are
-    bucketed by (device, dtype, step count) so one kernel call sees tensors that share every
-    scalar; in ordinary training every group is a single bucket.
+    unless ``init_state`` is overridden) and implement ``update_bucket``. A step: the params with a gradient
+    (:meth:`params_with_grad`) have their step counts incremented, are bucketed by (device, dtype, step count)
+    so one kernel call sees tensors that share every scalar (in ordinary training every group is a single
+    bucket), then :meth:`global_statistics` (a hook: statistics over all parameters, such as Adai's v̄) and
+    :meth:`update_bucket` for each bucket.
     """
 
     state_buffers: tuple[str, ...] = ()
@@ -638,9 +594,10 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
         for name in self.state_buffers:
             state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def gather(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[Tensor]]:
-        """Params of ``group`` that have a gradient, bucketed by (device, dtype, next step)."""
-        buckets: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+    def params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
+        """The params of ``group`` that have a gradient this step; a param seen for the first time gets its state
+        (:meth:`init_state`). Sparse gradients are refused."""
+        params = []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -649,16 +606,40 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
             state = self.state[p]
             if not state:
                 self.init_state(p, state, group)
-            state["step"] += 1
-            buckets[(p.device, p.dtype, state["step"])].append(p)
+            params.append(p)
+        return params
+
+    def increment_step_counts(self, params: list[Tensor]) -> None:
+        """``state["step"] += 1`` for each of ``params``: the step about to be taken is step ``state["step"]``."""
+        for p in params:
+            self.state[p]["step"] += 1
+
+    def by_device_dtype_and_step(self, params: list[Tensor]) -> dict[tuple[Any, ...], list[Tensor]]:
+        """``params`` grouped by (device, dtype, step count): the tensors of one group share every scalar of a
+        kernel call (a step count differs where a parameter skipped steps without a gradient)."""
+        buckets: dict[tuple[Any, ...], list[Tensor]] = defaultdict(list)
+        for p in params:
+            buckets[(p.device, p.dtype, self.state[p]["step"])].append(p)
+        return buckets
+
+    def step_buckets(self) -> list[Bucket]:
+        """This step's buckets over every param group, after each parameter's step count is incremented."""
+        buckets = []
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            self.increment_step_counts(params)
+            hyperparams = step_hyperparams(group)
+            buckets += [Bucket(hyperparams, bucket, step)
+                        for (_, _, step), bucket in self.by_device_dtype_and_step(params).items()]
         return buckets
 
     def buffers(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
         """The state buffers ``names`` of ``params``, as the kernels take them (local shards under FSDP2)."""
         return [[local(self.state[p][n]) for p in params] for n in names]
 
-    def lists(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
-        """(params, grads, *buffers) as the kernels take them: local shards under FSDP2, else the tensors."""
+    def kernel_inputs(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
+        """The kernels' leading lists: params, their grads, then the state buffers ``names``; local shards under
+        FSDP2, else the tensors themselves."""
         return [[local(p) for p in params], [local(p.grad) for p in params], *self.buffers(params, *names)]
 
     def reduction(self, params: list[Tensor]) -> Reduction:
@@ -674,7 +655,16 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
                 logger.info("hf-adasam: %s on sharded parameters (FSDP2 DTensors): the %s kernels run on each "
                             "rank's shards; %s", type(self).__name__, self.kernel_impl, self.sharded_statistics)
 
-    def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
+    def global_statistics(self, buckets: list[Bucket]) -> dict[str, Any]:
+        """Hook: statistics over every parameter of every group that each bucket's update needs (Adai's mean of
+        v̂), computed after the step counts are incremented and before any update; passed to
+        :meth:`update_bucket` as keyword arguments. None by default."""
+        return {}
+
+    def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int, **statistics: Any) -> None:
+        """The update of one bucket: ``group`` its group's hyperparameters as the kernels read them this step
+        (:func:`step_hyperparams`), ``step`` the step count after the increment, ``statistics``
+        :meth:`global_statistics`'."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -684,15 +674,24 @@ class KernelOptimizer(ImplChoice, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with self.timed_step():
-            for group in self.param_groups:
-                hyper = scalar_hyper(group)
-                for (_, _, step), params in self.gather(group).items():
-                    self.say_if_sharded(params)
-                    self.update_bucket(hyper, params, step)
+            buckets = self.step_buckets()
+            if buckets:
+                self.say_if_sharded([p for bucket in buckets for p in bucket.params])
+                statistics = self.global_statistics(buckets)
+                for bucket in buckets:
+                    self.update_bucket(bucket.group, bucket.params, bucket.step, **statistics)
         return loss
 
 
-def scalar_hyper(group: dict[str, Any]) -> dict[str, Any]:
+class Bucket(NamedTuple):
+    """Parameters of one group that share device, dtype and step count: one call of each kernel."""
+
+    group: dict[str, Any]  # the group's hyperparameters as the kernels read them this step (step_hyperparams)
+    params: list[Tensor]
+    step: int  # the step count after this step's increment (1 at the first step)
+
+
+def step_hyperparams(group: dict[str, Any]) -> dict[str, Any]:
     """``group`` as the kernels read it: a tensor ``lr`` (as torch.optim's Adam family accepts, and
     schedulers update in place) becomes its Python float for this step."""
     lr = group["lr"]

@@ -29,13 +29,13 @@ written values back in order).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._base import KernelOptimizer, check_common, check_range, run_kernel, scalar_hyper
+from ._base import Bucket, KernelOptimizer, check_common, check_range, run_kernel
 
 __all__ = ["Adai", "adai", "adai_second_moment"]
 
@@ -70,29 +70,14 @@ class Adai(KernelOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults, impl)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with self.timed_step():
-            self._step_buckets()
-        return loss
-
-    def _step_buckets(self) -> None:
-        buckets = [(scalar_hyper(group), params, step) for group in self.param_groups
-                   for (_, _, step), params in self.gather(group).items()]
-        if not buckets:
-            return
-        # phase 1: sum(v_hat) over every bucket (v_t computed, not stored); v_bar needs every bucket first
+    def global_statistics(self, buckets: list[Bucket]) -> dict[str, Any]:
+        """Phase 1: v̄, the mean of v̂ over every parameter of every group (v_t computed, not stored)."""
         sums = [self.second_moment(group, params, step) for group, params, step in buckets]
-        every = [p for _, params, _ in buckets for p in params]
-        self.say_if_sharded(every)
-        red = self.reduction(every)
-        if red.sharded:  # each rank summed its shards: one all-reduce makes the sums whole (numel is global)
-            sums = red.combined(sums, "Adai's mean of v_hat")
-        numel = sum(p.numel() for _, params, _ in buckets for p in params)
+        every = [p for bucket in buckets for p in bucket.params]
+        reduction = self.reduction(every)
+        if reduction.sharded:  # each rank summed its shards: one all-reduce makes the sums whole (numel is global)
+            sums = reduction.combined(sums, "Adai's mean of v_hat")
+        numel = sum(p.numel() for p in every)
         if len(sums) == 1:
             vhat_mean = sums[0] / numel
         else:  # buckets may differ in device or dtype: add up on the first one, in the widest dtype
@@ -100,10 +85,7 @@ class Adai(KernelOptimizer):
             vhat_mean = torch.stack([s.to(sums[0].device, dtype) for s in sums]).sum() / numel
         # v_bar = 0 only when every v is 0 (a first step whose gradients are all zero, or g^2 underflowing):
         # the authors' code then divides 0/0 and every weight becomes NaN; the floor makes it a zero step
-        vhat_mean = vhat_mean.clamp(min=torch.finfo(vhat_mean.dtype).tiny)
-        # phase 2: v_t, inertia, momentum and the step
-        for group, params, step in buckets:
-            self.update_bucket(group, params, step, vhat_mean.to(params[0].device))
+        return {"vhat_mean": vhat_mean.clamp(min=torch.finfo(vhat_mean.dtype).tiny)}
 
     def second_moment(self, group: dict[str, Any], params: list[Tensor], step: int) -> Tensor:
         """The sum of v_hat of one bucket (v_t as this step will make it) as a 0-d tensor (no host sync)."""
@@ -111,7 +93,7 @@ class Adai(KernelOptimizer):
         total = torch.zeros((), dtype=acc_dtype, device=params[0].device)
         _, beta2 = group["betas"]
         adai_second_moment(
-            *self.lists(params, "exp_avg_sq"),
+            *self.kernel_inputs(params, "exp_avg_sq"),
             [total],
             beta2=beta2,
             weight_decay=group["weight_decay"],
@@ -124,10 +106,12 @@ class Adai(KernelOptimizer):
     def update_bucket(  # type: ignore[override]
         self, group: dict[str, Any], params: list[Tensor], step: int, vhat_mean: Tensor
     ) -> None:
+        """Phase 2: v_t, adaptive inertia, momentum and the step, given v̄ (:meth:`global_statistics`)."""
+        vhat_mean = vhat_mean.to(params[0].device)
         beta0, beta2 = group["betas"]
         decay = group["weight_decay"] != 0
         adai(
-            *self.lists(params, *self.state_buffers),
+            *self.kernel_inputs(params, *self.state_buffers),
             lr=group["lr"],
             beta0=beta0,
             beta2=beta2,
@@ -187,10 +171,11 @@ def _multi_tensor_adai_second_moment(
     total.add_((torch.stack(sums).sum() * beta2 + torch.stack(squares).sum() * (1 - beta2)) / bias_correction2)
 
 
-def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def adai_second_moment(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Adai's phase 1 over lists (params, grads, exp_avg_sq, [total]): total += sum(v_hat) (v_t computed, not
     stored)."""
-    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyper, shared=1)
+    run_kernel(impl, _single_tensor_adai_second_moment, _multi_tensor_adai_second_moment, tensors, hyperparams,
+               shared=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,8 +243,8 @@ def _multi_tensor_adai(
     torch._foreach_addcdiv_(params, exp_avgs, bias_correction1s, -lr)
 
 
-def adai(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def adai(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Adai's phase 2 over lists (params, grads, exp_avg, exp_avg_sq, 1 - P), given ``inertia_scale`` =
     β0 / ((1 - β2^t) v̄): v_t stored, then the step."""
-    run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyper)
+    run_kernel(impl, _single_tensor_adai, _multi_tensor_adai, tensors, hyperparams)
 

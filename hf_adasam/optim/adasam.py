@@ -62,7 +62,7 @@ class AdaSAM(KernelOptimizer):
         beta1, beta2 = group["betas"]
         bc1, bc2 = (1 - beta1**step, 1 - beta2**step) if group["bias_correction"] else (1.0, 1.0)
         adasam(
-            *self.lists(params, *self.state_buffers),
+            *self.kernel_inputs(params, *self.state_buffers),
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
@@ -129,6 +129,6 @@ def _multi_tensor_adasam(
     torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
 
 
-def adasam(*tensors: list[Tensor], impl: str = "foreach", **hyper: float) -> None:
+def adasam(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: float) -> None:
     """Functional AdaSAM base update over lists (params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq)."""
-    run_kernel(impl, _single_tensor_adasam, _multi_tensor_adasam, tensors, hyper)
+    run_kernel(impl, _single_tensor_adasam, _multi_tensor_adasam, tensors, hyperparams)

@@ -94,14 +94,14 @@ class AdaShift(KernelOptimizer):
         n = group["n"]
         slot = (step - 1) % n  # holds g_{t-n}, written n steps ago; derived from step, so no pointer in state
         floor = denominator_floor(params[0].dtype, group["eps"])
-        lists = self.lists(params, "exp_avg", "exp_avg_sq", "bias_correction2")
+        inputs = self.kernel_inputs(params, "exp_avg", "exp_avg_sq", "bias_correction2")
         oldest = [local(self.state[p]["grad_window"][slot]) for p in params]
-        red = self.reduction(params)
+        reduction = self.reduction(params)
         stats = None
-        if red.sharded and group["phi"] != "none":  # phi over the whole tensor, not this rank's shard
-            stats = phi_over_shards(oldest, group["phi"], red, [p.numel() for p in params])
+        if reduction.sharded and group["phi"] != "none":  # phi over the whole tensor, not this rank's shard
+            stats = phi_over_shards(oldest, group["phi"], reduction, [p.numel() for p in params])
         adashift(
-            *lists,
+            *inputs,
             oldest,
             lr=group["lr"],
             beta1=beta1,
@@ -117,14 +117,14 @@ class AdaShift(KernelOptimizer):
         )
 
 
-def phi_over_shards(oldest: list[Tensor], phi: str, red: Reduction, numels: list[int]) -> list[Tensor]:
+def phi_over_shards(oldest: list[Tensor], phi: str, reduction: Reduction, numels: list[int]) -> list[Tensor]:
     """φ(g²) of each whole tensor from its local shards (``oldest``): max or sum of squares, all-reduced."""
     acc = torch.promote_types(oldest[0].dtype, torch.float32)
     if phi == "max":  # an empty shard (uneven sharding) contributes 0: g^2 >= 0
         local_stat = [g.abs().amax().to(acc).square() if g.numel() else g.new_zeros((), dtype=acc) for g in oldest]
-        return [s.to(g.dtype) for s, g in zip(red.each(local_stat, "max"), oldest, strict=True)]
+        return [s.to(g.dtype) for s, g in zip(reduction.each(local_stat, "max"), oldest, strict=True)]
     local_stat = [g.to(acc).square().sum() for g in oldest]
-    return [(s / n).to(g.dtype) for s, n, g in zip(red.each(local_stat, "sum"), numels, oldest, strict=True)]
+    return [(s / n).to(g.dtype) for s, n, g in zip(reduction.each(local_stat, "sum"), numels, oldest, strict=True)]
 
 
 def _phi(sq: Tensor, phi: str) -> Tensor:
@@ -290,7 +290,7 @@ def _multi_tensor_adashift(
 
 def adashift(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
              bias_correction2s: list[Tensor], oldest_grads: list[Tensor], *, impl: str = "foreach", beta2: float,
-             phi: str, stats: list[Tensor] | None = None, **hyper: Any) -> None:
+             phi: str, stats: list[Tensor] | None = None, **hyperparams: Any) -> None:
     """Functional AdaShift over lists (params, grads, exp_avg, exp_avg_sq, 1 - beta2^k, oldest window gradient):
     phase A (scalar phi: each tensor's v and c), then phase B (the element-wise step)."""
     state: dict[str, Any] = dict(exp_avg_sqs=exp_avg_sqs, bias_correction2s=bias_correction2s)
@@ -309,4 +309,4 @@ def adashift(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
             state = dict(exp_avg_sqs=v, bias_correction2s=c)
             stores = ((exp_avg_sqs, v), (bias_correction2s, c))
     run_kernel(impl, _single_tensor_adashift, _multi_tensor_adashift, [params, grads, exp_avgs, oldest_grads],
-               dict(beta2=beta2, phi=phi, **state, **hyper), stores=stores)
+               dict(beta2=beta2, phi=phi, **state, **hyperparams), stores=stores)

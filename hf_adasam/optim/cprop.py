@@ -54,7 +54,7 @@ def _check_cprop(beta: float, c: float, eps: float) -> None:
     check_range("cprop_eps", eps)
 
 
-def _cprop_hyper(group: dict[str, Any], step: int, dtype: torch.dtype) -> dict[str, Any]:
+def _cprop_hyperparams(group: dict[str, Any], step: int, dtype: torch.dtype) -> dict[str, Any]:
     beta = group["cprop_beta"]
     bc = 1 - beta**step
     # rate: the new gradient's weight in the bias-corrected mean; dof: n - 1 + eps with n = bc / (1 - beta)
@@ -91,7 +91,7 @@ class CPropAdam(KernelOptimizer):
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
         cprop_adam(
-            *self.lists(params, *self.state_buffers),
+            *self.kernel_inputs(params, *self.state_buffers),
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
@@ -99,7 +99,7 @@ class CPropAdam(KernelOptimizer):
             step_size=group["lr"] / (1 - beta1**step),
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
             denom_floor=denominator_floor(params[0].dtype, group["eps"]) / math.sqrt(1 - beta2**step) or None,
-            **_cprop_hyper(group, step, params[0].dtype),
+            **_cprop_hyperparams(group, step, params[0].dtype),
             impl=self.kernel_impl,
         )
 
@@ -145,7 +145,7 @@ class CPropSGD(KernelOptimizer):
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             (buffers,) = self.buffers(params, "momentum_buffer")
         cprop_sgd(
-            *self.lists(params, *self.state_buffers),
+            *self.kernel_inputs(params, *self.state_buffers),
             lr=group["lr"],
             momentum=group["momentum"],
             momentum_buffers=buffers,
@@ -153,7 +153,7 @@ class CPropSGD(KernelOptimizer):
             dampening=group["dampening"] if step > 1 else 0.0,
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
-            **_cprop_hyper(group, step, params[0].dtype),
+            **_cprop_hyperparams(group, step, params[0].dtype),
             impl=self.kernel_impl,
         )
 
@@ -268,12 +268,12 @@ def _multi_tensor_cprop_sgd(
     torch._foreach_addcmul_(params, direction, scale, -lr)
 
 
-def cprop_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def cprop_adam(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Functional CProp-Adam over lists (params, grads, exp_avg, exp_avg_sq, cprop_mean, cprop_m2)."""
-    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyper)
+    run_kernel(impl, _single_tensor_cprop_adam, _multi_tensor_cprop_adam, tensors, hyperparams)
 
 
-def cprop_sgd(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def cprop_sgd(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Functional CProp-SGD over lists (params, grads, cprop_mean, cprop_m2); ``momentum_buffers``: a list, or None
     without momentum."""
-    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyper)
+    run_kernel(impl, _single_tensor_cprop_sgd, _multi_tensor_cprop_sgd, tensors, hyperparams)

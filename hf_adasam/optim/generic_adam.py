@@ -111,7 +111,7 @@ class GenericAdam(KernelOptimizer):
         else:
             theta = theta_schedule(step, theta, group["theta_power"])
         generic_adam(
-            *self.lists(params, *self.state_buffers),
+            *self.kernel_inputs(params, *self.state_buffers),
             lr=alpha_schedule(step, group["lr"], group["lr_power"]),
             beta=float(beta),
             theta=float(theta),
@@ -162,6 +162,6 @@ def _multi_tensor_generic_adam(
     torch._foreach_addcdiv_(params, exp_avgs, denom, -lr)
 
 
-def generic_adam(*tensors: list[Tensor], impl: str = "foreach", **hyper: float) -> None:
+def generic_adam(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: float) -> None:
     """Functional Generic Adam over lists (params, grads, exp_avg, exp_avg_sq) with this step's α_t, β_t, θ_t."""
-    run_kernel(impl, _single_tensor_generic_adam, _multi_tensor_generic_adam, tensors, hyper)
+    run_kernel(impl, _single_tensor_generic_adam, _multi_tensor_generic_adam, tensors, hyperparams)

@@ -22,6 +22,9 @@ state_steps) to :func:`~hf_adasam.optim._base.run_kernel`, whose three impls run
   0-d tensors (``run_kernel``'s rule), so neither a scheduled lr nor the step count recompiles; a scheduler that
   moves β (OneCycleLR's ``cycle_momentum``) does.
 
+torch's private functions above are reached through :mod:`._compile`; where the installed torch lacks them,
+``step()`` is ``torch.optim.RAdam.step`` itself, with a warning.
+
 The compiled kernel reads p, g, m, v and writes p, m, v once per step (7 accesses per element: the
 memory-traffic floor of an Adam-type update).
 
@@ -38,11 +41,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.optim import radam as _torch_radam
 
 from ..sharding import local
 from ._arena import PerTensor
 from ._base import ImplChoice, resolve_impl, run_kernel
+from ._compile import graph_capture_health_check, radam_init_group, radam_internals
 
 __all__ = ["Constants", "RAdam", "radam"]
 
@@ -104,9 +107,9 @@ class RAdam(ImplChoice, torch.optim.RAdam):
         self.__dict__.setdefault("impl", resolve_impl(None))
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        if any(group["differentiable"] for group in self.param_groups):
+        if any(group["differentiable"] for group in self.param_groups) or radam_internals() is None:
             return super().step(closure)
-        self._accelerator_graph_capture_health_check()
+        graph_capture_health_check(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -122,7 +125,7 @@ class RAdam(ImplChoice, torch.optim.RAdam):
         exp_avgs: list[Tensor] = []
         exp_avg_sqs: list[Tensor] = []
         steps: list[Tensor] = []
-        has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)  # torch's own
+        has_complex = radam_init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, steps)  # torch's own
         if not params:
             return
         beta1, beta2 = group["betas"]
@@ -163,7 +166,8 @@ def _single_tensor_radam(
     capturable: bool = False,
 ) -> None:
     """``torch.optim.radam._single_tensor_radam``, as ``torch.optim.RAdam(foreach=False)`` calls it."""
-    _torch_radam._single_tensor_radam(
+    torch_single, _ = radam_internals()  # type: ignore[misc]
+    torch_single(
         params, grads, exp_avgs, exp_avg_sqs, state_steps,
         lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
     )
@@ -182,7 +186,8 @@ def _multi_tensor_radam(
     capturable: bool = False,
 ) -> None:
     """``torch.optim.radam._multi_tensor_radam``, as ``torch.optim.RAdam(foreach=True)`` calls it."""
-    _torch_radam._multi_tensor_radam(
+    _, torch_multi = radam_internals()  # type: ignore[misc]
+    torch_multi(
         params, grads, exp_avgs, exp_avg_sqs, state_steps,
         lr=lr, eps=eps, capturable=capturable, differentiable=False, **constants._asdict(),
     )
@@ -250,12 +255,12 @@ def _compiled_radam(
 _INDUCTOR_OPTIONS = (("emulate_precision_casts", True),)
 
 
-def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
+def radam(*tensors: list[Tensor], impl: str = "foreach", **hyperparams: Any) -> None:
     """Functional RAdam over lists (params, grads, exp_avgs, exp_avg_sqs, state_steps): torch's kernels."""
-    constants: Constants = hyper["constants"]
+    constants: Constants = hyperparams["constants"]
     if impl != "compiled" or constants.has_complex:
         run_kernel("foreach" if impl == "compiled" else impl, _single_tensor_radam, _multi_tensor_radam, tensors,
-                   hyper)
+                   hyperparams)
         return
     *lists, state_steps = tensors
     counts = torch.stack(state_steps).to(torch.float64)
@@ -264,6 +269,6 @@ def radam(*tensors: list[Tensor], impl: str = "foreach", **hyper: Any) -> None:
         scalars = step_scalars(float(lo) + 1, constants.beta1, constants.beta2)
     else:
         scalars = {k: PerTensor(v) for k, v in step_scalars(counts + 1, constants.beta1, constants.beta2).items()}
-    kernel = dict(lr=hyper["lr"], eps=hyper["eps"], constants=constants, **scalars)
+    kernel = dict(lr=hyperparams["lr"], eps=hyperparams["eps"], constants=constants, **scalars)
     run_kernel(impl, _compiled_radam, _compiled_radam, lists, kernel, inductor=_INDUCTOR_OPTIONS)
     torch._foreach_add_(state_steps, 1)

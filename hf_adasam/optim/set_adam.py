@@ -68,15 +68,16 @@ class SETAdam(KernelOptimizer):
 
     def update_bucket(self, group: dict[str, Any], params: list[Tensor], step: int) -> None:
         beta1, beta2 = group["betas"]
-        lists = self.lists(params, *self.state_buffers)
-        red = self.reduction(params)
+        inputs = self.kernel_inputs(params, *self.state_buffers)  # params, grads, exp_avgs, exp_avg_sqs
+        reduction = self.reduction(params)
         given = {}
-        if red.sharded:  # the cosine and the minimum over the whole tensor, not this rank's shard
+        if reduction.sharded:  # the cosine and the minimum over the whole tensor, not this rank's shard
+            _, grads, _, exp_avg_sqs = inputs
             given = dict(zip(("cos_given", "vmin_given"),
-                             stats_over_shards(lists[1], lists[3], beta2, red, [p.numel() for p in params]),
+                             stats_over_shards(grads, exp_avg_sqs, beta2, reduction, [p.numel() for p in params]),
                              strict=True))
         set_adam(
-            *lists,
+            *inputs,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
@@ -94,7 +95,7 @@ class SETAdam(KernelOptimizer):
         )
 
 
-def stats_over_shards(grads: list[Tensor], exp_avg_sqs: list[Tensor], beta2: float, red: Reduction,
+def stats_over_shards(grads: list[Tensor], exp_avg_sqs: list[Tensor], beta2: float, reduction: Reduction,
                       numels: list[int]) -> tuple[list[Tensor], list[Tensor]]:
     """Each whole tensor's cos∠(v_t, 1) and min v_t, from its local shards: v_t as the kernel is about to make
     it (out of place, one tensor at a time), three local reductions, all-reduced over the shards."""
@@ -105,7 +106,7 @@ def stats_over_shards(grads: list[Tensor], exp_avg_sqs: list[Tensor], beta2: flo
         sums.append(vt.sum())
         sqs.append(vt.square().sum())
         mins.append(vt.amin() if vt.numel() else vt.new_full((), float("inf")))  # an empty shard: no minimum
-    sums, sqs, mins = red.each(sums, "sum"), red.each(sqs, "sum"), red.each(mins, "min")
+    sums, sqs, mins = reduction.each(sums, "sum"), reduction.each(sqs, "sum"), reduction.each(mins, "min")
     cos = [(s / (n**0.5 * q.sqrt().clamp(min=_TINY))).to(v.device, acc)
            for s, q, n, v in zip(sums, sqs, numels, exp_avg_sqs, strict=True)]
     return cos, [m.to(v.device, acc) for m, v in zip(mins, exp_avg_sqs, strict=True)]
@@ -272,7 +273,7 @@ def set_adam(
     bias_correction2: float,
     cos_given: list[Tensor] | None = None,
     vmin_given: list[Tensor] | None = None,
-    **hyper: Any,
+    **hyperparams: Any,
 ) -> None:
     """Functional SET-Adam over lists (params, grads, exp_avgs, exp_avg_sqs): phase 1 (per-tensor scalars), then
     phase 2 (the element-wise step)."""
@@ -291,4 +292,4 @@ def set_adam(
                    _multi_tensor_set_adam_scale, [grads, exp_avg_sqs, list(scales.unbind()), list(shifts.unbind())],
                    dict(knobs, cos_given=cos_given, vmin_given=vmin_given))
     run_kernel(impl, _single_tensor_set_adam, _multi_tensor_set_adam, [params, grads, exp_avgs, exp_avg_sqs],
-               dict(beta2=beta2, eps=eps, scales=PerTensor(scales), shifts=PerTensor(shifts), **hyper))
+               dict(beta2=beta2, eps=eps, scales=PerTensor(scales), shifts=PerTensor(shifts), **hyperparams))
