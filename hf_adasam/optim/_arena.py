@@ -228,12 +228,12 @@ def prepared(lists: Sequence[Sequence[Tensor]], written: Sequence[bool], kinds: 
         ar = arenas(lists, written, lay.C, device)
         rows_at, tail_at = row_index(ar.offsets, kinds, lay)
         nbytes = sum(t.numel() * t.element_size() for t in (*rows_at, *tail_at))
+        if nbytes > PREPARED_BYTES:  # too large to remember: the recent ones stay
+            return ar, rows_at, tail_at
         found = (ar, rows_at, tail_at, nbytes)
         total = sum(f[3] for f in _PREPARED.values())
         while _PREPARED and total + nbytes > PREPARED_BYTES:  # forget the least recently used
             total -= _PREPARED.pop(next(iter(_PREPARED)))[3]
-        if nbytes > PREPARED_BYTES:
-            return ar, rows_at, tail_at
     _PREPARED[key] = found  # (re)inserted last: the most recently used
     return found[0], found[1], found[2]
 
@@ -282,7 +282,7 @@ def elementwise_graph(single: Callable[..., None], kinds: tuple[str, ...], names
         blocks = [list(gather(a, k, rows_at[i], tail_at[i])) for i, (a, k) in enumerate(zip(reads, kinds, strict=True))]
         positional = [b for b, n in zip(blocks, names, strict=True) if n is None]
         hyperparams = {**scalars, **{n: b for b, n in zip(blocks, names, strict=True) if n is not None},
-                 **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
+                       **{k: list(per_tensor(v, lay)) for k, v in vectors.items()}}
         single(*positional, *shared, **hyperparams)
         for i, w in enumerate(writes):
             if w is not None and written[i]:
