@@ -24,6 +24,11 @@ each element written only by the loop iteration that read it; per-tensor scalars
 never from values the graph read from their own arena. The differential net (tests/test_kernel_net.py) checks
 every kernel, dtype and knob against the float64 single-tensor path.
 
+Inductor chooses which results share a loop from the sizes of the call that compiles the graph; every
+compilation is told that the bucket's rows and tail elements are as many as a large bucket's (:func:`hinted`), so
+that the code it makes, and its disk cache serves to later processes, is the same one loop whichever bucket
+compiled it.
+
 The memory view of an arena needs a private torch function (``torch._C._construct_storage_from_data_pointer``,
 which inductor's CUDA graphs use for the same purpose), reached through :func:`._compile.storage_at`; without it
 the compiled impl is off and the foreach kernels run, with a warning saying why (:mod:`._compile`).
