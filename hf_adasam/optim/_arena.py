@@ -139,7 +139,7 @@ def layout(numels: tuple[int, ...], device: torch.device) -> Layout:
 def hinted(t: Tensor, hint: int) -> Tensor:
     """``t``, a 1-D tensor of a bucket's rows (``hint``: :data:`ROWS_HINT`) or tail elements (:data:`TAIL_HINT`),
     marked so that a compilation takes its size to be ``hint``, whatever it is (``torch._dynamo.mark_dynamic``'s
-    ``hint_override``, torch 2.9 and later; the graph stays valid for every size).
+    ``hint_override``: torch 2.13 has it, 2.8 has not; the graph stays valid for every size).
 
     Inductor decides which nodes share a loop from the bytes they share, computed from the sizes of the call that
     compiles. A graph compiled on a bucket without whole rows (tensors under 16 elements; the call after
@@ -158,7 +158,7 @@ def _hint_override() -> bool:
     if "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters:
         return True
     warnings.warn(f"hf-adasam: torch {torch.__version__}'s torch._dynamo.mark_dynamic has no hint_override "
-                  "(torch 2.9 and later): a compiled kernel that compiles on a bucket of tensors under 16 elements "
+                  "(torch 2.13 has it): a compiled kernel that compiles on a bucket of tensors under 16 elements "
                   "(after torch._dynamo.reset(), or a recompilation) may materialise its results, a buffer the size "
                   "of the bucket per step", RuntimeWarning, stacklevel=2)
     return False
