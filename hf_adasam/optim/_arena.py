@@ -24,10 +24,11 @@ each element written only by the loop iteration that read it; per-tensor scalars
 never from values the graph read from their own arena. The differential net (tests/test_kernel_net.py) checks
 every kernel, dtype and knob against the float64 single-tensor path.
 
-Inductor chooses which results share a loop from the sizes of the call that compiles the graph; every
-compilation is told that the bucket's rows and tail elements are as many as a large bucket's (:func:`hinted`), so
-that the code it makes, and its disk cache serves to later processes, is the same one loop whichever bucket
-compiled it.
+Inductor chooses which results share a loop from the sizes of the call that compiles the graph, so every graph is
+compiled on a synthetic bucket of a large bucket's proportions (``hf_adasam.optim._base``), and is told that the
+rows and tail elements are as many as a large bucket's (:data:`ROWS_HINT`, :data:`TAIL_HINT`) whatever the call.
+Compiled on a bucket of tensors under 16 elements (no rows), the element-wise math split into a loop per result,
+each result a model-sized buffer per step (and inductor's disk cache served that code to later processes).
 
 The memory view of an arena needs a private torch function (``torch._C._construct_storage_from_data_pointer``,
 which inductor's CUDA graphs use for the same purpose), reached through :func:`._compile.storage_at`; without it
@@ -37,7 +38,6 @@ the compiled impl is off and the foreach kernels run, with a warning saying why 
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,15 +46,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._compile import assume_equal, storage_at
+from ._compile import assume_equal, hint_size, storage_at
 
 # how a list of tensors maps onto the parameters
 ELEM = "elem"  # one tensor per parameter, of the parameter's size (params, grads, state buffers)
 SCALAR = "scalar"  # one one-element tensor per parameter (per-tensor state: AdaShift's v, RAdam's step)
 
 ROW_CHOICES = (1024, 512, 256, 128, 64, 32, 16)  # candidate row lengths C, largest first
-# The size hints of every compilation for a bucket's number of rows R and of tail elements T, whatever the sizes of
-# the call that compiles (see :func:`hinted`): those of a large bucket
+# what every compilation takes a bucket's numbers of rows and of tail elements to be, whatever the call's (those of a
+# large bucket; :func:`._compile.hint_size`)
 ROWS_HINT, TAIL_HINT = 4096, 64
 
 
@@ -131,37 +131,9 @@ def layout(numels: tuple[int, ...], device: torch.device) -> Layout:
         first_tail = (tail.cumsum(0) - tail).repeat_interleave(tail)
         pos_tail = full[tid_tail] * c + torch.arange(tid_tail.numel()) - first_tail
         tid_rows, start_rows, tid_tail, pos_tail = (t.to(device) for t in (tid_rows, start_rows, tid_tail, pos_tail))
-        found = _LAYOUTS[key] = Layout(c, hinted(tid_rows, ROWS_HINT), hinted(start_rows, ROWS_HINT),
-                                       hinted(tid_tail, TAIL_HINT), hinted(pos_tail, TAIL_HINT))
+        found = _LAYOUTS[key] = Layout(c, hint_size(tid_rows, ROWS_HINT), hint_size(start_rows, ROWS_HINT),
+                                       hint_size(tid_tail, TAIL_HINT), hint_size(pos_tail, TAIL_HINT))
     return found
-
-
-def hinted(t: Tensor, hint: int) -> Tensor:
-    """``t``, a 1-D tensor of a bucket's rows (``hint``: :data:`ROWS_HINT`) or tail elements (:data:`TAIL_HINT`),
-    marked so that a compilation takes its size to be ``hint``, whatever it is (``torch._dynamo.mark_dynamic``'s
-    ``hint_override``: torch 2.13 has it, 2.8 has not; the graph stays valid for every size).
-
-    Inductor decides which nodes share a loop from the bytes they share, computed from the sizes of the call that
-    compiles. A graph compiled on a bucket without whole rows (tensors under 16 elements; the call after
-    ``torch._dynamo.reset()`` or a recompilation compiles on its own sizes) saw R = 0, so 0 bytes shared: it split
-    the element-wise math into a loop per result and materialised each ``[R, C]`` result, a buffer the size of
-    the model per step on every later bucket (and inductor's disk cache, whose key has no sizes, served that code
-    to every later process: AdaShift at 22.7M parameters took 64-68 ms a step instead of 16)."""
-    if _hint_override():
-        torch._dynamo.mark_dynamic(t, 0, hint_override=hint)
-    return t
-
-
-@functools.cache
-def _hint_override() -> bool:
-    """Whether this torch's ``mark_dynamic`` takes a ``hint_override`` (else say once what that costs)."""
-    if "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters:
-        return True
-    warnings.warn(f"hf-adasam: torch {torch.__version__}'s torch._dynamo.mark_dynamic has no hint_override "
-                  "(torch 2.13 has it): a compiled kernel that compiles on a bucket of tensors under 16 elements "
-                  "(after torch._dynamo.reset(), or a recompilation) may materialise its results, a buffer the size "
-                  "of the bucket per step", RuntimeWarning, stacklevel=2)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +219,7 @@ def row_index(offsets: Tensor, kinds: Sequence[str], lay: Layout) -> tuple[list[
     elem = torch.tensor([k == ELEM for k in kinds], dtype=torch.int64, device=offsets.device)
     rows = (offsets[:, lay.tid_rows] + elem[:, None] * lay.start_rows).unbind()
     tail = (offsets[:, lay.tid_tail] + elem[:, None] * lay.pos_tail).unbind()
-    return [hinted(r.clone(), ROWS_HINT) for r in rows], [hinted(t.clone(), TAIL_HINT) for t in tail]
+    return [hint_size(r.clone(), ROWS_HINT) for r in rows], [hint_size(t.clone(), TAIL_HINT) for t in tail]
 
 
 _PREPARED: dict[tuple[Any, ...], tuple[Arenas, list[Tensor], list[Tensor], int]] = {}
