@@ -24,6 +24,12 @@ each element written only by the loop iteration that read it; per-tensor scalars
 never from values the graph read from their own arena. The differential net (tests/test_kernel_net.py) checks
 every kernel, dtype and knob against the float64 single-tensor path.
 
+Inductor chooses which results share a loop from the sizes of the call that compiles the graph, so every graph is
+compiled on a synthetic bucket of a large bucket's proportions (``hf_adasam.optim._base``), and is told that the
+rows and tail elements are as many as a large bucket's (:data:`ROWS_HINT`, :data:`TAIL_HINT`) whatever the call.
+Compiled on a bucket of tensors under 16 elements (no rows), the element-wise math split into a loop per result,
+each result a model-sized buffer per step (and inductor's disk cache served that code to later processes).
+
 The memory view of an arena needs a private torch function (``torch._C._construct_storage_from_data_pointer``,
 which inductor's CUDA graphs use for the same purpose), reached through :func:`._compile.storage_at`; without it
 the compiled impl is off and the foreach kernels run, with a warning saying why (:mod:`._compile`).
@@ -40,13 +46,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._compile import assume_equal, storage_at
+from ._compile import assume_equal, hint_size, storage_at
 
 # how a list of tensors maps onto the parameters
 ELEM = "elem"  # one tensor per parameter, of the parameter's size (params, grads, state buffers)
 SCALAR = "scalar"  # one one-element tensor per parameter (per-tensor state: AdaShift's v, RAdam's step)
 
 ROW_CHOICES = (1024, 512, 256, 128, 64, 32, 16)  # candidate row lengths C, largest first
+# what every compilation takes a bucket's numbers of rows and of tail elements to be, whatever the call's (those of a
+# large bucket; :func:`._compile.hint_size`)
+ROWS_HINT, TAIL_HINT = 4096, 64
 
 
 class PerTensor:
@@ -121,7 +130,9 @@ def layout(numels: tuple[int, ...], device: torch.device) -> Layout:
         tid_tail = ids.repeat_interleave(tail)
         first_tail = (tail.cumsum(0) - tail).repeat_interleave(tail)
         pos_tail = full[tid_tail] * c + torch.arange(tid_tail.numel()) - first_tail
-        found = _LAYOUTS[key] = Layout(c, *(t.to(device) for t in (tid_rows, start_rows, tid_tail, pos_tail)))
+        tid_rows, start_rows, tid_tail, pos_tail = (t.to(device) for t in (tid_rows, start_rows, tid_tail, pos_tail))
+        found = _LAYOUTS[key] = Layout(c, hint_size(tid_rows, ROWS_HINT), hint_size(start_rows, ROWS_HINT),
+                                       hint_size(tid_tail, TAIL_HINT), hint_size(pos_tail, TAIL_HINT))
     return found
 
 
@@ -208,7 +219,7 @@ def row_index(offsets: Tensor, kinds: Sequence[str], lay: Layout) -> tuple[list[
     elem = torch.tensor([k == ELEM for k in kinds], dtype=torch.int64, device=offsets.device)
     rows = (offsets[:, lay.tid_rows] + elem[:, None] * lay.start_rows).unbind()
     tail = (offsets[:, lay.tid_tail] + elem[:, None] * lay.pos_tail).unbind()
-    return [r.clone() for r in rows], [t.clone() for t in tail]
+    return [hint_size(r.clone(), ROWS_HINT) for r in rows], [hint_size(t.clone(), TAIL_HINT) for t in tail]
 
 
 _PREPARED: dict[tuple[Any, ...], tuple[Arenas, list[Tensor], list[Tensor], int]] = {}

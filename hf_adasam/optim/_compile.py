@@ -18,6 +18,10 @@ it:
 - ``torch._C._construct_storage_from_data_pointer``: the arena views (:mod:`._arena`);
 - ``torch._check`` (inside a graph), ``Tensor._version``, ``Tensor._base``: every arena's rows have one length;
   which lists a kernel writes; whether a tensor is a view;
+- ``torch.compiler.set_stance("fail_on_recompile")`` (public) and the ``RuntimeError`` it raises: a kernel's graph
+  is compiled on a synthetic bucket, never on a call's own sizes (:func:`compiled_code_only`);
+- ``torch._dynamo.mark_dynamic(..., hint_override=...)`` (torch 2.13; not in 2.7-2.8, where it is skipped): the
+  sizes a compilation assumes for a bucket's rows and tail elements (:func:`hint_size`);
 - ``torch.optim.radam._single_tensor_radam`` / ``_multi_tensor_radam``, ``RAdam._init_group``,
   ``Optimizer._accelerator_graph_capture_health_check`` (torch 2.7-2.8: ``_cuda_graph_capture_health_check``):
   RAdam's kernels, state creation and CUDA-graph check, exactly torch's.
@@ -140,6 +144,8 @@ class _Settings:
             self.missing.append("torch._C._construct_storage_from_data_pointer")
         if not callable(getattr(torch, "_check", None)):
             self.missing.append("torch._check")
+        if not callable(getattr(torch.compiler, "set_stance", None)):
+            self.missing.append("torch.compiler.set_stance")
         self.missing += [f"Tensor.{n}" for n in ("_version", "_base") if not hasattr(Tensor, n)]
 
 
@@ -273,6 +279,43 @@ def compile_settings(device: torch.device) -> Iterator[None]:
         finally:
             if skip_probe:
                 probe.cache_clear()
+
+
+class CompileNeeded(Exception):
+    """Raised by :func:`compiled_code_only` where a compiled kernel would have compiled on its call's sizes."""
+
+
+@contextlib.contextmanager
+def compiled_code_only() -> Iterator[None]:
+    """Around a call of one of our compiled kernels: the call runs the code compiled for inputs like its own, or,
+    where dynamo would compile on this call's sizes (the first call of a graph, after ``torch._dynamo.reset()``, a
+    guard that fails), raises :class:`CompileNeeded` before anything ran: ``torch.compiler.set_stance(
+    "fail_on_recompile")``, whose error is a ``RuntimeError`` naming the stance (torch 2.7-2.13). About 15 µs."""
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            yield
+    except RuntimeError as err:
+        if "fail_on_recompile" not in str(err):
+            raise
+        raise CompileNeeded(str(err).splitlines()[0]) from None
+
+
+def hint_size(t: Tensor, hint: int) -> Tensor:
+    """``t`` (1-D), marked so that a compilation takes its length to be ``hint`` whatever it is: inductor chooses
+    which results share a loop from the bytes they share at these sizes (``torch._dynamo.mark_dynamic``'s
+    ``hint_override``; the graph stays valid for every length, and the hint is part of inductor's cache key).
+    Torch 2.7 and 2.8 have no ``hint_override``: there ``t`` is left as it is, and the graphs compiled on our
+    synthetic buckets (:func:`compiled_code_only`) have their sizes."""
+    if _hint_override():
+        torch._dynamo.mark_dynamic(t, 0, hint_override=hint)
+    return t
+
+
+@functools.cache
+def _hint_override() -> bool:
+    import torch._dynamo
+
+    return "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters
 
 
 def assume_equal(a: Any, b: Any) -> None:
