@@ -198,20 +198,27 @@ def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
         impls = args.impls.split(",")
         state = state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps))
         arrays = len(impls) * (1 + state)
-        # one step at a time allocates temporaries: a foreach row (or a peer) up to its state plus 3 arrays
-        # (measured at 22m: CProp-Adam foreach 7 over a state of 4; Adai's peer 4 over 3); compiled ones ~0
-        transient = state + 3 if "foreach" in impls else 0
+        # one step at a time allocates temporaries: a foreach row or a peer up to 7 arrays (the most measured at 22m:
+        # CProp-Adam foreach 28.2 B/param; Adai's peer 16, AdaShift's 12), a compiled row about none
+        transient = 7 if "foreach" in impls else 0
         if args.peers == "true" and name in PEERS:
-            peer = state_arrays(lambda ps, n=name: make_peer(n, ps))
-            arrays += 1 + peer
-            transient = max(transient, peer + 3)
+            arrays += 1 + state_arrays(lambda ps, n=name: make_peer(n, ps))
+            transient = 7
         transients[name] = transient
         cost[name] = arrays
     budget = args.mem_gb * 2**30 / bytes_per_copy - baseline
     groups: list[list[str]] = []
     used: list[float] = []  # resident arrays, and the largest one-step temporaries of a group's rows
     peak: list[float] = []
-    for name, arrays in cost.items():  # first fit; a method too big for any group gets its own
+    too_big = [n for n, a in cost.items() if a + transients.get(n, 0) > budget]
+    if too_big:
+        need = max(cost[n] + transients.get(n, 0) for n in too_big) + baseline
+        raise SystemExit(f"error: --mem-gb {args.mem_gb:g}: {', '.join(too_big)} alone need about "
+                         f"{need * bytes_per_copy / 2**30:.1f} GiB with the baselines at --impls {args.impls} "
+                         f"--peers {args.peers}; pass " + ", ".join(
+                             ([] if args.impls == "compiled" else ["--impls compiled"])
+                             + ([] if args.peers != "true" else ["--peers false"]) + ["a larger --mem-gb"]))
+    for name, arrays in cost.items():  # first fit
         fits = (i for i in range(len(groups))
                 if used[i] + arrays + max(peak[i], transients.get(name, 0)) <= budget)
         i = next(fits, len(groups))
