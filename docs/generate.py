@@ -117,7 +117,7 @@ def speed_table() -> str:
         cells = []
         for k in res:
             r = rows[k].get(label)
-            cells.append("–" if r is None else f"{r['vs_adamw_fused']:.2f} ({r['vs_floor']:.2f}, {r.get('calls', '–')})")
+            cells.append("–" if r is None else f"{r['vs_adamw_fused']:.2f} ({r['vs_floor']:.2f}, {r['calls']})")
         lines.append(f"| {label.removesuffix(' compiled')} | " + " | ".join(cells) + " |")
     m = next(iter(res.values()))["machine"]
     lines += ["", f"{m.get('cpu', 'CPU')}, {m.get('threads', '?')} threads, torch {m.get('torch', '?')}; median of "
