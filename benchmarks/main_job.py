@@ -31,8 +31,16 @@ def readme_line(result: dict) -> str:
     wall, machine = result["wall_s"], result["machine"]
     return (f"On a {machine['cores']}-core {machine['cpu']} CPU (torch {machine['torch']}): {int(wall // 60)} min "
             f"{wall % 60:.0f} s after the install, SST-2 dev accuracy {result['eval_accuracy']:.4f} against the "
-            f"majority-class baseline's {result['majority_baseline_accuracy']:.4f} (`benchmarks/results/main_job.md`, "
-            "written by `benchmarks/main_job.py`).")
+            f"majority-class baseline's {result['majority_baseline_accuracy']:.4f}{_quality_text(result)} "
+            "(`benchmarks/results/main_job.md`, written by `benchmarks/main_job.py`).")
+
+
+def _quality_text(result: dict) -> str:
+    """The quality sweep's base rows at the same budget, as the run printed them (none before the sweep has them)."""
+    m = result.get("metrics", {})
+    got = [f"{name} {m[key]:.4f}" for name, key in (("AdamW", "quality_adamw_accuracy"),
+                                                    ("AMSGrad", "quality_amsgrad_accuracy")) if key in m]
+    return f" and the quality sweep's {' and '.join(got)} at the same budget (mean of its seeds)" if got else ""
 
 
 def write(result: dict) -> None:

@@ -190,26 +190,45 @@ def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
     baseline = (1 + 2) * 2 + 1  # two AdamW rows: params + m + v each, plus the shared grads
     if args.peers == "true":
         baseline += 1 + 3  # AMSGrad: params + m + v + v_max
-    cost = {}
+    cost, transients = {}, {}
     for name in args.names.split(","):
         if name == SAM:  # params + AdamW's m, v + the saved copy of w, for ours and the peer
             cost[name] = 4.0 * (2 if args.peers == "true" else 1)
             continue
-        n_rows = len(args.impls.split(","))
-        arrays = n_rows * (1 + state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps)))
+        impls = args.impls.split(",")
+        state = state_arrays(lambda ps, n=name: make_ours(n, "foreach", ps))
+        arrays = len(impls) * (1 + state)
+        # one step at a time allocates temporaries: a foreach row or a peer up to 7 arrays (the most measured at 22m:
+        # CProp-Adam foreach 28.2 B/param; Adai's peer 16, AdaShift's 12), a compiled row about none
+        transient = 7 if "foreach" in impls else 0
         if args.peers == "true" and name in PEERS:
             arrays += 1 + state_arrays(lambda ps, n=name: make_peer(n, ps))
+            transient = 7
+        transients[name] = transient
         cost[name] = arrays
     budget = args.mem_gb * 2**30 / bytes_per_copy - baseline
     groups: list[list[str]] = []
-    used: list[float] = []
-    for name, arrays in cost.items():  # first fit; a method too big for any group gets its own
-        i = next((i for i, u in enumerate(used) if u + arrays <= budget), len(groups))
+    used: list[float] = []  # resident arrays, and the largest one-step temporaries of a group's rows
+    peak: list[float] = []
+    too_big = [n for n, a in cost.items() if a + transients.get(n, 0) > budget]
+    if too_big:
+        need = max(cost[n] + transients.get(n, 0) for n in too_big) + baseline
+        raise SystemExit(f"error: --mem-gb {args.mem_gb:g}: {', '.join(too_big)} alone need about "
+                         f"{need * bytes_per_copy / 2**30:.1f} GiB with the baselines at --impls {args.impls} "
+                         f"--peers {args.peers}; pass " + ", ".join(
+                             ([] if args.impls == "compiled" else ["--impls compiled"])
+                             + ([] if args.peers != "true" else ["--peers false"]) + ["a larger --mem-gb"]))
+    for name, arrays in cost.items():  # first fit
+        fits = (i for i in range(len(groups))
+                if used[i] + arrays + max(peak[i], transients.get(name, 0)) <= budget)
+        i = next(fits, len(groups))
         if i == len(groups):
             groups.append([])
             used.append(0.0)
+            peak.append(0.0)
         groups[i].append(name)
         used[i] += arrays
+        peak[i] = max(peak[i], transients.get(name, 0))
     return groups
 
 

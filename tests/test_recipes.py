@@ -256,3 +256,53 @@ def test_bad_input_is_one_line_and_leaves_no_output_dir(flags, message, tmp_path
 
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the main job's comparison: the quality sweep's base row at the same task and budget
+
+
+def _summary(tmp_path: Path, comparisons: list[dict]) -> Path:
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"protocol": {"settings": [
+        {"task": "sst2", "noise": 0.4, "pool": 2000, "epochs": 3, "batch": 16, "max_len": 64},
+        {"task": "sst2", "noise": 0.0, "pool": 3000, "epochs": 2, "batch": 16, "max_len": 64}]},
+        "comparisons": comparisons}))
+    return path
+
+
+def test_quality_reference_prints_the_base_rows_of_the_same_budget(tmp_path: Path) -> None:
+    comps = [
+        {"task": "sst2", "noise": 0.4, "row": "sam_adamw", "base": "adamw", "metric": "accuracy", "mean": 0.5,
+         "base_mean": 0.6, "n_seeds": 5, "lr": 1e-4, "base_lr": 3e-5},
+        {"task": "sst2", "noise": 0.0, "row": "sam_adamw", "base": "adamw", "metric": "accuracy", "mean": 0.83,
+         "base_mean": 0.8125, "n_seeds": 5, "lr": 1e-4, "base_lr": 3e-5},
+        {"task": "sst2", "noise": 0.0, "row": "adasam", "base": "amsgrad", "metric": "accuracy", "mean": 0.8,
+         "base_mean": 0.7975, "n_seeds": 5, "lr": 3e-5, "base_lr": 1e-4}]
+    path = _summary(tmp_path, comps)
+    line, metrics = run_glue.quality_reference("sst2", 3000, 2, 16, 64, "adasam", summary_path=path)
+    assert metrics == {"quality_adamw_accuracy": 0.8125, "quality_amsgrad_accuracy": 0.7975}  # clean, not noisy
+    assert "AdamW accuracy 0.8125 (lr 3e-05, mean of 5 seeds)" in line
+    assert "AMSGrad accuracy 0.7975 (lr 1e-04" in line and "2700 sentences, 2 epochs, batch 16" in line
+    line, metrics = run_glue.quality_reference("sst2", 3000, 2, 16, 64, "adamw_torch", summary_path=path)
+    assert metrics == {"quality_adamw_accuracy": 0.8125} and "AMSGrad" not in line
+    # another budget, another task, no file: nothing to compare with, nothing printed
+    for args in (("sst2", 3000, 3, 16, 64), ("sst2", 67349, 2, 16, 64), ("sst2", 3000, 2, 32, 64),
+                 ("sst2", 3000, 2, 16, 128), ("rte", 2490, 2, 16, 64)):
+        assert run_glue.quality_reference(*args, "adasam", summary_path=path) == (None, {})
+    assert run_glue.quality_reference("sst2", 3000, 2, 16, 64, "adasam", summary_path=tmp_path / "no.json") == \
+        (None, {})
+    line, metrics = run_glue.quality_reference("sst2", 3000, 2, 16, 64, "adasam",
+                                               summary_path=_summary(tmp_path, comps[:1]))
+    assert metrics == {} and "no AdamW result yet" in line
+
+
+def test_the_main_job_runs_at_the_quality_sweeps_clean_sst2_budget() -> None:
+    """The README's main job prints the sweep's base row beside its own score: only true while the two budgets
+    agree (the config's sentences, epochs, batch and length against ``benchmarks/quality.py``'s setting)."""
+    quality = _load("quality_bench", ROOT / "benchmarks" / "quality.py")
+    config = json.loads((ROOT / "recipes" / "glue" / "configs" / "sst2_minilm_adasam_ae.json").read_text())
+    s = quality.SETTINGS["sst2-0"]
+    assert (config["num_train_epochs"], config["per_device_train_batch_size"], config["max_seq_length"]) == \
+        (s.epochs, s.batch, s.max_len)
+    assert abs(config["max_train_samples"] - (s.pool - s.pool // 10)) <= 0.15 * (s.pool - s.pool // 10)

@@ -229,6 +229,48 @@ def majority_baseline(task_name: str, splits: dict[str, Any], eval_split: str) -
     return {k: v for k, v in make_compute_metrics(task_name)(_Pred()).items() if k in task.metrics}
 
 
+QUALITY_SUMMARY = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quality" / "summary.json"
+QUALITY_NAMES = {"adamw": "AdamW", "amsgrad": "AMSGrad", "adasam": "AdaSAM", "sam_adamw": "SAM over AdamW",
+                 "ae_sam": "AE-SAM over AdamW", "ae_adasam": "AE-SAM over AdaSAM"}
+
+
+def quality_reference(task_name: str, n_train: int, epochs: float, batch: int, max_len: int, optim: str,
+                      summary_path: Path = QUALITY_SUMMARY) -> tuple[str | None, dict[str, float]]:
+    """The quality sweep's scores for this task at this run's budget (``benchmarks/quality.py``'s summary): the base
+    row AdamW's dev mean, and AMSGrad's (AdaSAM's base) for an AdaSAM run. A line to print and metrics to save;
+    ``(None, {})`` when the sweep has no setting at this budget (another task, size or length)."""
+    import json
+
+    if not summary_path.exists():
+        return None, {}
+    summary = json.loads(summary_path.read_text())
+    setting = next((s for s in summary["protocol"]["settings"] if s["task"] == task_name and not s["noise"]), None)
+    if setting is None:
+        return None, {}
+    sweep_train = setting["pool"] - setting["pool"] // 10
+    same = (epochs == setting["epochs"] and batch == setting["batch"] and max_len == setting["max_len"]
+            and abs(n_train - sweep_train) <= 0.15 * sweep_train)
+    if not same:
+        return None, {}
+    budget = f"{sweep_train} sentences, {setting['epochs']:g} epochs, batch {setting['batch']}"
+    where = "benchmarks/results/quality/summary.md"
+    means: dict[str, tuple[float, int, float, str]] = {}
+    for c in summary["comparisons"]:
+        if c["task"] == task_name and not c["noise"]:
+            means.setdefault(c["base"], (c["base_mean"], c["n_seeds"], c["base_lr"], c["metric"]))
+            means.setdefault(c["row"], (c["mean"], c["n_seeds"], c["lr"], c["metric"]))
+    wanted = ["adamw"] + (["amsgrad"] if optim == "adasam" else [])
+    if not any(r in means for r in wanted):
+        return (f"quality sweep at this budget ({budget}): no {QUALITY_NAMES['adamw']} result yet ({where})"), {}
+    parts, metrics = [], {}
+    for r in wanted:
+        if r in means:
+            m, n, lr, metric = means[r]
+            parts.append(f"{QUALITY_NAMES[r]} {metric} {m:.4f} (lr {lr:.0e}, mean of {n} seeds)")
+            metrics[f"quality_{r}_{metric}"] = m
+    return f"quality sweep at this budget ({budget}; {where}): " + ", ".join(parts), metrics
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -294,10 +336,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         if k.startswith("eval_") and k[len("eval_"):] in task.metrics}
             baseline = majority_baseline(data_args.task_name, splits, task.eval_splits[0])
             metrics.update({f"majority_baseline_{k}": v for k, v in baseline.items()})
+            line, quality = None, {}
+            if training_args.do_train:
+                line, quality = quality_reference(
+                    data_args.task_name, len(splits["train"]), training_args.num_train_epochs,
+                    training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * max(training_args.world_size, 1), data_args.max_seq_length,
+                    str(getattr(training_args.optim, "value", training_args.optim)))
+            metrics.update(quality)
             trainer.save_metrics("eval", metrics)
             print(f"{data_args.task_name} dev: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
                   + (" (majority-class baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()) + ")"
                      if baseline else ""))
+            if line:
+                print(line)
             if training_args.should_save:
                 write_model_card(training_args.output_dir, CardInfo(
                     model_name=Path(training_args.output_dir).name, base_model=base_model,
