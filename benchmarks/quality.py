@@ -577,7 +577,8 @@ def claims(summary: dict) -> str:
     final = len(summary["protocol"]["final_seeds"])
     comps = [c for c in summary["comparisons"] if (c["row"], c["base"]) in PAIRS[:CLAIMS] and c["n_seeds"] >= final]
     if not comps:
-        return (f"No comparison has its {final} paired seeds yet (the sweep is in progress); "
+        return (f"None of the comparisons the papers claim (SAM, AdaSAM, AE-SAM, LookSAM, SET-Adam, RAdam, each "
+                f"against its base) has its {final} paired seeds yet (the sweep is in progress); "
                 "`benchmarks/results/quality/summary.md` shows what has run. No claims until then.")
     n = sorted({c["n_seeds"] for c in comps})
     lines = [f"Dev scores of MiniLM-L6, each row at the lr it chose on held-out training data, paired over "
