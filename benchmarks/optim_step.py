@@ -213,7 +213,8 @@ def plan_groups(args: argparse.Namespace, numel: int) -> list[list[str]]:
     too_big = [n for n, a in cost.items() if a + transients.get(n, 0) > budget]
     if too_big:
         need = max(cost[n] + transients.get(n, 0) for n in too_big) + baseline
-        raise SystemExit(f"error: --mem-gb {args.mem_gb:g}: {', '.join(too_big)} alone need about "
+        raise SystemExit(f"error: --mem-gb {args.mem_gb:g}: {', '.join(too_big)} alone "
+                         f"{'needs' if len(too_big) == 1 else 'need'} about "
                          f"{need * bytes_per_copy / 2**30:.1f} GiB with the baselines at --impls {args.impls} "
                          f"--peers {args.peers}; pass " + ", ".join(
                              ([] if args.impls == "compiled" else ["--impls compiled"])

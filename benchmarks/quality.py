@@ -571,6 +571,16 @@ NAMES = {"adamw": "AdamW", "sam_adamw": "SAM over AdamW", "amsgrad": "AMSGrad", 
          "adasam_bc": "AdaSAM with bias correction", "ae_adasam": "AE-SAM over AdaSAM"}
 
 
+def row_name(row: str) -> str:
+    """A row's name for the README, with SAM's radius where the row runs SAM (the sweep keeps its default)."""
+    from hf_adasam.sharpness.config import DEFAULT_RHO
+
+    spec = ROWS[row]
+    if not ("sam_rho" in spec or "sam_policy" in spec or spec.get("optim") == "adasam"):
+        return NAMES[row]
+    return f"{NAMES[row]} (ρ {spec.get('sam_rho', DEFAULT_RHO[False]):g})"
+
+
 def claims(summary: dict) -> str:
     """The README's "When does it help?" lines, written from the table alone: per setting, the paper-claim pairs
     whose interval excludes 0 (either way), and those it does not. Points are 100 x the metric."""
@@ -592,7 +602,7 @@ def claims(summary: dict) -> str:
 
         def say(c: dict) -> str:
             cost = f", at {c['cost']:.2f}× its step time" if c["cost"] else ""
-            return (f"{NAMES[c['row']]} vs {NAMES[c['base']]} {100 * c['paired_diff']:+.1f} "
+            return (f"{row_name(c['row'])} vs {row_name(c['base'])} {100 * c['paired_diff']:+.1f} "
                     f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]{cost}")
 
         better = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] > 0]
@@ -726,7 +736,8 @@ def check_smoke(sweep: Sweep, summary: dict, out_dir: Path) -> None:
         assert (out_dir / name).stat().st_size > 0, name
     # the README's lines come from the table: the one complete comparison, under its setting, with its interval
     readme = summary["readme"]
-    assert "**SST-2 with 20% of training labels flipped** (accuracy):" in readme and "SAM over AdamW vs AdamW" in readme
+    assert "**SST-2 with 20% of training labels flipped** (accuracy):" in readme
+    assert f"SAM over AdamW (ρ {ROWS['sam_adamw']['sam_rho']:g}) vs AdamW" in readme, readme
     assert (f"{100 * c['paired_diff']:+.1f}" in readme) and readme.startswith("Dev scores of MiniLM-L6"), readme
     again = spawn(sam["argv"], out_dir / "rerun.json")  # what --rerun does: the same run from its argv alone
     assert abs(again["metric_value"] - sam["metric_value"]) <= 0.01, (again["metric_value"], sam["metric_value"])
