@@ -609,11 +609,16 @@ def claims(summary: dict) -> str:
         worse = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] < 0]
         unclear = [say(c) for c in here if not c["excludes_zero"]]
         parts = [f"**{name}** ({METRIC[task]}):"]
-        parts.append(("better: " + "; ".join(better) + ".") if better else "no row is better than its base.")
+        complete = len(here) == CLAIMS
+        parts.append(("better: " + "; ".join(better) + ".") if better else
+                     "no row is better than its base." if complete else "no complete comparison favours its row.")
         if worse:
             parts.append("Worse: " + "; ".join(worse) + ".")
         if unclear:
             parts.append("No difference shown (the interval includes 0): " + "; ".join(unclear) + ".")
+        if not complete:
+            parts.append(f"({len(here)} of the {CLAIMS} comparisons have their {final} seeds; the others are still "
+                         "running.)")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
 
