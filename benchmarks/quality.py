@@ -617,9 +617,8 @@ def claims(summary: dict) -> str:
         if unclear:
             parts.append("No difference shown (the interval includes 0): " + "; ".join(unclear) + ".")
         if not complete:
-            verb = "has" if len(here) == 1 else "have"
-            parts.append(f"({len(here)} of the {CLAIMS} comparisons {verb} their {final} seeds; the others are still "
-                         "running.)")
+            parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
+                         "still running.)")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
 
