@@ -275,6 +275,8 @@ def test_quality_reference_prints_the_base_rows_of_the_same_budget(tmp_path: Pat
     comps = [
         {"task": "sst2", "noise": 0.4, "row": "sam_adamw", "base": "adamw", "metric": "accuracy", "mean": 0.5,
          "base_mean": 0.6, "n_seeds": 5, "lr": 1e-4, "base_lr": 3e-5},
+        {"task": "sst2", "noise": 0.0, "row": "set_adam", "base": "adamw", "metric": "accuracy", "mean": 0.81,
+         "base_mean": 0.8, "n_seeds": 2, "lr": 1e-4, "base_lr": 3e-5},  # fewer seeds paired: not the one shown
         {"task": "sst2", "noise": 0.0, "row": "sam_adamw", "base": "adamw", "metric": "accuracy", "mean": 0.83,
          "base_mean": 0.8125, "n_seeds": 5, "lr": 1e-4, "base_lr": 3e-5},
         {"task": "sst2", "noise": 0.0, "row": "adasam", "base": "amsgrad", "metric": "accuracy", "mean": 0.8,
