@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from hf_adasam.optim._base import AUTO_SWITCH_S  # noqa: E402
 from hf_adasam.optim_args import format_value  # noqa: E402
 from hf_adasam.registry import OPTIMIZERS, markdown_table, nonfinite_table  # noqa: E402
 from hf_adasam.sharpness.config import knob_table  # noqa: E402
@@ -132,7 +133,7 @@ def speed_table() -> str:
         short = [r["short_auto"]["process_s"] / r["short_foreach"]["process_s"] for r in ours if "short_auto" in r]
         lines += ["", "First step with the compiled kernels forced (`first_step.md`): "
                   f"{min(cold):.1f}–{max(cold):.1f} s with an empty inductor cache, {min(warm):.1f}–{max(warm):.1f} s "
-                  f"with a warm one; under the default (`auto`: foreach until {_auto_switch():g} s of steps) the first "
+                  f"with a warm one; under the default (`auto`: foreach until {AUTO_SWITCH_S:g} s of steps) the first "
                   "steps compile nothing. A 10-step run of a 0.3M-parameter model from an empty cache: "
                   f"{min(short):.2f}–{max(short):.2f}× its foreach time."]
     train = BENCH / "train_step_cpu.json"
@@ -146,11 +147,6 @@ def speed_table() -> str:
                       f"{sam['sam_ops_vs_floor']:.2f}× their byte floor."]
     return "\n".join(lines)
 
-
-def _auto_switch() -> float:
-    from hf_adasam.optim._base import AUTO_SWITCH_S
-
-    return AUTO_SWITCH_S
 
 
 DOCS = ROOT / "docs"
