@@ -633,19 +633,34 @@ def plot(summary: dict, path: Path) -> None:
     panels = sorted({(c["task"], c["noise"]) for c in comps})
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (task, noise) in zip(axes[0], panels, strict=True):
+    # one colour and marker per (row, base) pair, the same in every panel; the paper-claim pairs filled, the context
+    # pairs hollow; one legend for the figure instead of labels that overlap
+    pairs = [p for p in PAIRS if any((c["row"], c["base"]) == p for c in comps)]
+    colours = plt.get_cmap("tab10").colors
+    ncol = min(len(panels), 2)
+    nrow = math.ceil(len(panels) / ncol)
+    legend_in = 0.18 * math.ceil(len(pairs) / 2) + 0.15  # inches under the panels for the legend
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.6 * nrow + legend_in), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax, (task, noise) in zip(axes.flat, panels, strict=False):
         for c in (c for c in comps if (c["task"], c["noise"]) == (task, noise)):
+            k = pairs.index((c["row"], c["base"]))
+            claim = (c["row"], c["base"]) in PAIRS[:CLAIMS]
             x = c["cost"] if c["cost"] else 1.0
             err = [[c["paired_diff"] - c["ci95"][0]], [c["ci95"][1] - c["paired_diff"]]]
-            ax.errorbar([x], [c["paired_diff"]], yerr=err, fmt="o", capsize=3)
-            ax.annotate(f"{c['row']}−{c['base']}", (x, c["paired_diff"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            h = ax.errorbar([x], [c["paired_diff"]], yerr=err, fmt="o" if claim else "s", capsize=3,
+                            color=colours[k % len(colours)], mfc=None if claim else "white", ms=5)
+            handles.setdefault(k, (h, f"{c['row']} − {c['base']}" + ("" if claim else " (context)")))
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(f"{task}" + (f", {noise:.0%} label noise" if noise else ""), fontsize=9)
+        ax.set_title(f"{task}" + (f", {noise:.0%} label noise" if noise else ", clean labels"), fontsize=9)
         ax.set_xlabel("step time × base (train_step.py)", fontsize=8)
         ax.set_ylabel(f"dev {METRIC[task]}: row − base (95% CI)", fontsize=8)
-    fig.tight_layout()
+    ordered = [handles[k] for k in sorted(handles)]
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
+    fig.legend([h for h, _ in ordered], [t for _, t in ordered], loc="lower center", ncol=2, fontsize=7,
+               frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
