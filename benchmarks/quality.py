@@ -118,9 +118,10 @@ PAIRS = [("sam_adamw", "adamw"), ("adasam", "amsgrad"), ("ae_sam", "sam_adamw"),
          ("sam_adamw_rho0.01", "adamw"), ("sam_adamw_rho0.01", "sam_adamw")]
 # context pairs the README states beside the claims
 README_CONTEXT = [("sam_adamw_rho0.01", "adamw")]
-# half-decade lr grid; each row starts from 3 values spanning 10x around its usual range (AdaSAM has no bias
+# half-decade lr grid, one step beyond every base grid at each end (so an edge can always extend); each row starts
+# from 3 values spanning 10x around its usual range (AdaSAM has no bias
 # correction, so its first steps are 3-6x lr; SET-Adam's per-layer down-scaling divides by cos(v, 1) <= 1)
-LADDER = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+LADDER = [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
 GRIDS: dict[str, list[float]] = {row: [3e-5, 1e-4, 3e-4] for row in ROWS}
 GRIDS.update({"adasam": [1e-5, 3e-5, 1e-4], "set_adam": [1e-5, 3e-5, 1e-4], "ae_adasam": [1e-5, 3e-5, 1e-4]})
 GRID_SEEDS = [1, 2]
@@ -438,6 +439,8 @@ class Sweep:
                 while self.extend_edges and lr in (grid[0], grid[-1]) and len(grid) < len(self.grids[row]) + 1:
                     i = LADDER.index(lr) + (-1 if lr == grid[0] else 1)
                     if not 0 <= i < len(LADDER):
+                        print(f"warning: {s.key} {row}: the chosen lr {lr_text(lr)} is at the end of LADDER; the grid "
+                              "cannot extend (lengthen LADDER)", file=sys.stderr, flush=True)
                         break
                     for seed in self.grid_seeds:
                         self.ensure(s, row, LADDER[i], seed)

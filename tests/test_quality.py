@@ -25,3 +25,33 @@ def test_quality_smoke_sweep():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "smoke: ok"
     assert "| sst2, 20% noise | sam_adamw | adamw |" in proc.stdout
+
+
+@pytest.mark.parametrize("row", ["set_adam", "sam_adamw"])
+@pytest.mark.parametrize("best", ["low", "high"])
+def test_an_edge_choice_extends_the_grid_by_one_half_decade(tmp_path, monkeypatch, row, best):
+    """Every base grid's edge has a next half-decade on the ladder, and a row whose held-out best is at an edge runs
+    it (the grid seeds), then its final seeds at the lr chosen from the extended grid. Runs are faked: held-out falls
+    with lr (best "low") or rises with it (best "high")."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality as q
+
+    grid = q.GRIDS[row]
+    for row_grid in q.GRIDS.values():  # the ladder reaches one step past every base grid
+        assert q.LADDER.index(row_grid[0]) >= 1 and q.LADDER.index(row_grid[-1]) <= len(q.LADDER) - 2
+    ran: list[tuple[float, int]] = []
+
+    def fake_ensure(self, s, r, lr, seed):
+        ran.append((lr, seed))
+        rec = {"heldout_value": -lr if best == "low" else lr}
+        (self.runs / q.record_name(s, r, lr, seed)).write_text(q.json.dumps(rec))
+        return rec
+
+    monkeypatch.setattr(q.Sweep, "ensure", fake_ensure)
+    sweep = q.Sweep(tmp_path, [q.SETTINGS["sst2-0.4"]], [row], grid_seeds=[1, 2], final_seeds=[1, 2, 3])
+    sweep.run()
+    i = q.LADDER.index(grid[0]) - 1 if best == "low" else q.LADDER.index(grid[-1]) + 1
+    extra = q.LADDER[i]
+    assert [(extra, 1), (extra, 2)] == [r for r in ran if r[0] not in grid][:2]
+    assert sweep.choose(q.SETTINGS["sst2-0.4"], row) == extra
+    assert [r for r in ran if r[1] == 3] == [(extra, 3)]  # the final seeds run at the extended grid's best
