@@ -102,6 +102,13 @@ def quality_claims() -> str:
 
 
 BENCH = ROOT / "benchmarks" / "results"
+
+
+def main_job_line() -> str:
+    """The README's main-job sentence, as ``benchmarks/main_job.py`` wrote it into its results file."""
+    return json.loads((BENCH / "main_job.json").read_text(encoding="utf-8"))["readme_line"]
+
+
 SPEED_SHAPES = {"22m": "MiniLM 22.7M, 103 tensors", "110m": "BERT-base 110M, 199", "lora7b": "LoRA-7B 20M, 448"}
 
 
@@ -154,6 +161,7 @@ DOCS = ROOT / "docs"
 BLOCKS: dict[tuple[Path, str], Callable[[], str]] = {
     (ROOT / "README.md", "optimizer-table"): markdown_table,
     (ROOT / "README.md", "quality"): quality_claims,
+    (ROOT / "README.md", "main-job"): main_job_line,
     (ROOT / "benchmarks" / "README.md", "speed"): speed_table,
     (DOCS / "sam.md", "sam-knob-table"): knob_table,
     (DOCS / "numerics.md", "nonfinite-table"): nonfinite_table,
