@@ -585,7 +585,7 @@ NAMES = {"adamw": "AdamW", "sam_adamw": "SAM over AdamW", "sam_adamw_rho0.01": "
 
 
 def row_name(row: str) -> str:
-    """A row's name for the README, with SAM's radius where the row runs SAM (the sweep keeps its default)."""
+    """A row's name for the README, with SAM's radius where the row runs SAM (its ``sam_rho``, else the default)."""
     from hf_adasam.sharpness.config import DEFAULT_RHO
 
     spec = ROWS[row]
