@@ -649,9 +649,9 @@ def claims(summary: dict) -> str:
             parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
                          "still running.)")
         lines.append("- " + " ".join(parts))
-    lines += ["", f"{len(comps)} intervals above, each at 95% and none corrected for the others: if no row differed "
-              f"from its base, about {len(comps) / 20:.1f} of them would still exclude 0 by chance, so one interval "
-              "that only just excludes 0 is weak evidence on its own."]
+    lines += ["", f"{len(comps)} intervals of the papers' comparisons above, each at 95% and none corrected: if no "
+              f"row differed from its base, about {len(comps) / 20:.1f} of them would still exclude 0 by chance, so "
+              "one interval that only just excludes 0 is weak evidence on its own."]
     return "\n".join(lines)
 
 
