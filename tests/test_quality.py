@@ -55,3 +55,21 @@ def test_an_edge_choice_extends_the_grid_by_one_half_decade(tmp_path, monkeypatc
     assert [(extra, 1), (extra, 2)] == [r for r in ran if r[0] not in grid][:2]
     assert sweep.choose(q.SETTINGS["sst2-0.4"], row) == extra
     assert [r for r in ran if r[1] == 3] == [(extra, 3)]  # the final seeds run at the extended grid's best
+
+
+@pytest.mark.parametrize("device, loop", [("x86_64", True), ("NVIDIA H100 80GB HBM3 (CUDA 12.8)", False)])
+def test_readme_claims_name_the_cost_machine_and_the_per_tensor_loop_only_on_cpu(device, loop):
+    """The README's claims name where the step times were measured; the sentence that torch's AdamW takes its
+    per-tensor loop holds on CPU only (on a GPU torch picks foreach or fused kernels)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality as q
+
+    comp = {"task": "sst2", "noise": 0.0, "row": "sam_adamw", "base": "adamw", "n_seeds": 5, "paired_diff": 0.012,
+            "ci95": [0.002, 0.022], "excludes_zero": True, "cost": 1.7}
+    summary = {"protocol": {"final_seeds": [1, 2, 3, 4, 5],
+                            "cost_machine": {"device": device, "threads": 2, "torch": "2.13.0"}},
+               "comparisons": [comp]}
+    text = q.claims(summary)
+    assert device in text and ("per-tensor loop" in text) is loop and ("CPU threads" in text) is loop
+    assert "SAM over AdamW (ρ 0.05) vs AdamW +1.2 [+0.2, +2.2], at 1.70× its step time" in text
+    assert "about 0.1 of them would still exclude 0 by chance" in text
