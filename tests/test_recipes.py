@@ -266,7 +266,8 @@ def _summary(tmp_path: Path, comparisons: list[dict]) -> Path:
     path = tmp_path / "summary.json"
     path.write_text(json.dumps({"protocol": {"settings": [
         {"task": "sst2", "noise": 0.4, "pool": 2000, "epochs": 3, "batch": 16, "max_len": 64},
-        {"task": "sst2", "noise": 0.0, "pool": 3000, "epochs": 2, "batch": 16, "max_len": 64}]},
+        {"task": "sst2", "noise": 0.0, "pool": 3000, "epochs": 2, "batch": 16, "max_len": 64}],
+        "row_names": {"adamw": "AdamW", "amsgrad": "AMSGrad", "sam_adamw": "SAM over AdamW (ρ 0.05)"}},
         "comparisons": comparisons}))
     return path
 

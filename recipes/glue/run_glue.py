@@ -230,7 +230,6 @@ def majority_baseline(task_name: str, splits: dict[str, Any], eval_split: str) -
 
 
 QUALITY_SUMMARY = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quality" / "summary.json"
-QUALITY_NAMES = {"adamw": "AdamW", "amsgrad": "AMSGrad"}  # the rows it prints
 
 
 def quality_reference(task_name: str, n_train: int, epochs: float, batch: int, max_len: int, optim: str,
@@ -251,6 +250,7 @@ def quality_reference(task_name: str, n_train: int, epochs: float, batch: int, m
             and abs(n_train - sweep_train) <= 0.15 * sweep_train)
     if not same:
         return None, {}
+    names = summary["protocol"].get("row_names", {})  # the sweep's names for its rows
     budget = f"{sweep_train} sentences, {setting['epochs']:g} epochs, batch {setting['batch']}"
     where = "benchmarks/results/quality/summary.md"
     means: dict[str, tuple[float, int, float, str]] = {}  # per row, from the comparison pairing the most seeds
@@ -262,12 +262,12 @@ def quality_reference(task_name: str, n_train: int, epochs: float, batch: int, m
                     means[row] = found
     wanted = ["adamw"] + (["amsgrad"] if optim == "adasam" else [])
     if not any(r in means for r in wanted):
-        return (f"quality sweep at this budget ({budget}): no {QUALITY_NAMES['adamw']} result yet ({where})"), {}
+        return (f"quality sweep at this budget ({budget}): no {names.get('adamw', 'adamw')} result yet ({where})"), {}
     parts, metrics = [], {}
     for r in wanted:
         if r in means:
             m, n, lr, metric = means[r]
-            parts.append(f"{QUALITY_NAMES[r]} {metric} {m:.4f} (lr {lr:.0e}, mean of {n} seeds)")
+            parts.append(f"{names.get(r, r)} {metric} {m:.4f} (lr {lr:.0e}, mean of {n} seeds)")
             metrics[f"quality_{r}_{metric}"] = m
     return f"quality sweep at this budget ({budget}; {where}): " + ", ".join(parts), metrics
 
