@@ -621,6 +621,7 @@ def claims(summary: dict) -> str:
              f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); {where}; "
              "`benchmarks/results/quality/summary.md`:", ""]
     settings = sorted({(c["task"], c["noise"]) for c in comps}, key=lambda tn: (tn[0] != "sst2", tn[1] == 0, tn))
+    all_complete = all(sum((c["task"], c["noise"]) == tn for c in comps) == CLAIMS for tn in settings)
     for task, noise in settings:
         here = [c for c in comps if (c["task"], c["noise"]) == (task, noise)]
         name = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task] + (f" with {noise:.0%} of training labels "
@@ -650,10 +651,38 @@ def claims(summary: dict) -> str:
             parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
                          "still running.)")
         lines.append("- " + " ".join(parts))
-    lines += ["", f"{len(comps)} intervals of the papers' comparisons above, each at 95% and none corrected: if no "
-              f"row differed from its base, about {len(comps) / 20:.1f} of them would still exclude 0 by chance, so "
-              "one interval that only just excludes 0 is weak evidence on its own."]
-    return "\n".join(lines)
+    chance = (f"{len(comps)} intervals of the papers' comparisons {{}}, each at 95% and none corrected: if no row "
+              f"differed from its base, about {len(comps) / 20:.1f} of them would still exclude 0 by chance, so one "
+              "interval that only just excludes 0 is weak evidence on its own.")
+    if all_complete:  # the line over every setting opens the section, with the chance count beside it
+        return "\n".join([_in_short(comps, settings) + " " + chance.format("below"), "", *lines])
+    return "\n".join([*lines, "", chance.format("above")])
+
+
+def _in_short(comps: list[dict], settings: list[tuple[str, float]]) -> str:
+    """One line over every setting: per paper-claim pair, the settings where its interval excludes 0 either way."""
+    def short(task: str, noise: float) -> str:
+        return {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task] + (f" {noise:.0%} noise" if noise else "")
+
+    better, worse, never = [], [], []
+    for row, base in PAIRS[:CLAIMS]:
+        mine = [c for c in comps if (c["row"], c["base"]) == (row, base)]
+        up = [short(c["task"], c["noise"]) for c in mine if c["excludes_zero"] and c["paired_diff"] > 0]
+        down = [short(c["task"], c["noise"]) for c in mine if c["excludes_zero"] and c["paired_diff"] < 0]
+        name = f"{row_name(row)} vs {row_name(base)}"
+        if up:
+            better.append(f"{name} ({', '.join(up)})")
+        else:
+            never.append(name)
+        if down:
+            worse.append(f"{name} ({', '.join(down)})")
+    parts = [f"**In short** (the papers' comparisons over the {len(settings)} settings below): better than its base, "
+             "the interval excluding 0: " + ("; ".join(better) if better else "none") + "."]
+    if worse:
+        parts.append("Worse: " + "; ".join(worse) + ".")
+    if never:
+        parts.append("Better nowhere: " + "; ".join(never) + ".")
+    return " ".join(parts)
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -73,3 +73,32 @@ def test_readme_claims_name_the_cost_machine_and_the_per_tensor_loop_only_on_cpu
     assert device in text and ("per-tensor loop" in text) is loop and ("CPU threads" in text) is loop
     assert "SAM over AdamW (ρ 0.05) vs AdamW +1.2 [+0.2, +2.2], at 1.70× its step time" in text
     assert "about 0.1 of them would still exclude 0 by chance" in text
+
+
+def test_readme_claims_open_with_a_line_over_every_setting_once_all_are_complete():
+    """"In short": per paper-claim pair, the settings where its interval excludes 0 in its favour or against it, and the
+    pairs better nowhere; only when every setting has all of the papers' comparisons."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality as q
+
+    def comp(task, noise, pair, lo, hi):
+        return {"task": task, "noise": noise, "row": pair[0], "base": pair[1], "n_seeds": 5,
+                "paired_diff": (lo + hi) / 2, "ci95": [lo, hi], "excludes_zero": lo > 0 or hi < 0, "cost": None}
+
+    pairs = q.PAIRS[:q.CLAIMS]  # sam/adamw, adasam/amsgrad, ae_sam/sam, looksam/sam, set_adam/adamw, radam/adamw
+    comps = [comp("sst2", 0.0, p, -0.01, 0.01) for p in pairs] + [comp("stsb", 0.0, p, -0.01, 0.01) for p in pairs]
+    comps[5] = comp("sst2", 0.0, pairs[5], 0.001, 0.02)  # RAdam better on SST-2
+    comps[11] = comp("stsb", 0.0, pairs[5], 0.002, 0.03)  # and on STS-B
+    comps[6] = comp("stsb", 0.0, pairs[0], -0.05, -0.01)  # SAM worse on STS-B
+    summary = {"protocol": {"final_seeds": [1, 2, 3, 4, 5]}, "comparisons": comps}
+    first = q.claims(summary).splitlines()[0]
+    assert first.startswith("**In short** (the papers' comparisons over the 2 settings below)")
+    assert "interval excluding 0: RAdam vs AdamW (SST-2, STS-B). Worse: SAM over AdamW (ρ 0.05) vs AdamW " \
+        "(STS-B)." in first
+    assert ("Better nowhere: SAM over AdamW (ρ 0.05) vs AdamW; AdaSAM (ρ 0.05) vs AMSGrad; AE-SAM over AdamW "
+            "(ρ 0.05) vs SAM over AdamW (ρ 0.05); LookSAM over AdamW (ρ 0.05) vs SAM over AdamW (ρ 0.05); SET-Adam vs "
+            "AdamW. 12 intervals of the papers' comparisons below") in first
+    del comps[-1]  # one setting incomplete: no such line, the chance count closes the section
+    text = q.claims(summary)
+    assert not text.startswith("**In short**") and text.splitlines()[-1].startswith("11 intervals of the papers' "
+                                                                                    "comparisons above")
