@@ -128,6 +128,7 @@ GRID_SEEDS = [1, 2]
 FINAL_SEEDS = [1, 2, 3, 4, 5]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 METRIC = {"sst2": "accuracy", "stsb": "pearson", "mrpc": "f1"}
+TASK_NAME = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}  # GLUE's names, also the folders in ../shared/data
 
 
 def lr_text(lr: float) -> str:
@@ -143,7 +144,7 @@ def record_name(s: Setting, row: str, lr: float, seed: int) -> str:
 
 
 def read_split(task: str, split: str) -> tuple[list[tuple[str, ...]], list[float]]:
-    folder = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task]
+    folder = TASK_NAME[task]
     cols = {"sst2": ("sentence",), "stsb": ("sentence1", "sentence2"), "mrpc": ("#1 String", "#2 String")}[task]
     label = {"sst2": "label", "stsb": "score", "mrpc": "Quality"}[task]
     with open(GLUE_DIR / folder / f"{split}.tsv", encoding="utf-8-sig", newline="") as f:
@@ -624,8 +625,7 @@ def claims(summary: dict) -> str:
     all_complete = all(sum((c["task"], c["noise"]) == tn for c in comps) == CLAIMS for tn in settings)
     for task, noise in settings:
         here = [c for c in comps if (c["task"], c["noise"]) == (task, noise)]
-        name = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task] + (f" with {noise:.0%} of training labels "
-                                                                           "flipped" if noise else "")
+        name = TASK_NAME[task] + (f" with {noise:.0%} of training labels flipped" if noise else "")
 
         def say(c: dict) -> str:
             cost = f", at {c['cost']:.2f}× its step time" if c["cost"] else ""
@@ -662,7 +662,7 @@ def claims(summary: dict) -> str:
 def _in_short(comps: list[dict], settings: list[tuple[str, float]]) -> str:
     """One line over every setting: per paper-claim pair, the settings where its interval excludes 0 either way."""
     def short(task: str, noise: float) -> str:
-        return {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC"}[task] + (f" {noise:.0%} noise" if noise else "")
+        return TASK_NAME[task] + (f" {noise:.0%} noise" if noise else "")
 
     better, worse, never = [], [], []
     for row, base in PAIRS[:CLAIMS]:
