@@ -573,7 +573,7 @@ def render(summary: dict) -> str:
     for c in summary["comparisons"]:
         setting = f"{c['task']}" + (f", {c['noise']:.0%} noise" if c["noise"] else "")
         edge = " (edge)" if c["lr_at_grid_edge"] else ""
-        mark = " **✓**" if c["excludes_zero"] and c["paired_diff"] > 0 else (" ✗" if c["excludes_zero"] else "")
+        mark = {"better": " **✓**", "worse": " ✗", "unclear": ""}[verdict(c)]
         cost = f"{c['cost']:.2f}" if c["cost"] else "–"
         lines.append(f"| {setting} | {c['row']} | {c['base']} | {lr_text(c['lr'])}{edge} / {lr_text(c['base_lr'])} | "
                      f"{c['mean']:.4f} | {c['base_mean']:.4f} | {c['paired_diff']:+.4f}{mark} | "
@@ -600,6 +600,14 @@ def row_name(row: str) -> str:
     return f"{NAMES[row]} (ρ {spec.get('sam_rho', DEFAULT_RHO[False]):g})"
 
 
+def verdict(c: dict) -> str:
+    """What a comparison shows: "better" or "worse" where its interval excludes 0 (for the row or against it), else
+    "unclear"."""
+    if not c["excludes_zero"]:
+        return "unclear"
+    return "better" if c["paired_diff"] > 0 else "worse"
+
+
 def claims(summary: dict) -> str:
     """The README's "When does it help?" lines, written from the table alone: per setting, the paper-claim pairs
     whose interval excludes 0 (either way), and those it does not. Points are 100 x the metric."""
@@ -622,7 +630,8 @@ def claims(summary: dict) -> str:
              f"{'/'.join(map(str, n))} seeds; [95% t-interval] of row − base in points (100 × the metric); {where}; "
              "`benchmarks/results/quality/summary.md`:", ""]
     settings = sorted({(c["task"], c["noise"]) for c in comps}, key=lambda tn: (tn[0] != "sst2", tn[1] == 0, tn))
-    all_complete = all(sum((c["task"], c["noise"]) == tn for c in comps) == CLAIMS for tn in settings)
+    # a setting is complete when it has all of the papers' comparisons
+    complete = {tn: sum((c["task"], c["noise"]) == tn for c in comps) == CLAIMS for tn in settings}
     for task, noise in settings:
         here = [c for c in comps if (c["task"], c["noise"]) == (task, noise)]
         name = TASK_NAME[task] + (f" with {noise:.0%} of training labels flipped" if noise else "")
@@ -632,13 +641,10 @@ def claims(summary: dict) -> str:
             return (f"{row_name(c['row'])} vs {row_name(c['base'])} {100 * c['paired_diff']:+.1f} "
                     f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]{cost}")
 
-        better = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] > 0]
-        worse = [say(c) for c in here if c["excludes_zero"] and c["paired_diff"] < 0]
-        unclear = [say(c) for c in here if not c["excludes_zero"]]
+        better, worse, unclear = ([say(c) for c in here if verdict(c) == v] for v in ("better", "worse", "unclear"))
         parts = [f"**{name}** ({METRIC[task]}):"]
-        complete = len(here) == CLAIMS
-        parts.append(("better: " + "; ".join(better) + ".") if better else
-                     "no row is better than its base." if complete else "no complete comparison favours its row.")
+        parts.append(("better: " + "; ".join(better) + ".") if better else "no row is better than its base."
+                     if complete[(task, noise)] else "no complete comparison favours its row.")
         if worse:
             parts.append("Worse: " + "; ".join(worse) + ".")
         if unclear:
@@ -647,14 +653,14 @@ def claims(summary: dict) -> str:
                    and (c["task"], c["noise"]) == (task, noise) and c["n_seeds"] >= final]
         if context:
             parts.append("Context, a smaller radius: " + "; ".join(say(c) for c in context) + ".")
-        if not complete:
+        if not complete[(task, noise)]:
             parts.append(f"({len(here)} of the {CLAIMS} comparisons complete with {final} seeds; the others are "
                          "still running.)")
         lines.append("- " + " ".join(parts))
     chance = (f"{len(comps)} intervals of the papers' comparisons {{}}, each at 95% and none corrected: if no row "
               f"differed from its base, about {len(comps) / 20:.1f} of them would still exclude 0 by chance, so one "
               "interval that only just excludes 0 is weak evidence on its own.")
-    if all_complete:  # the line over every setting opens the section, with the chance count beside it
+    if all(complete.values()):  # the line over every setting opens the section, with the chance count beside it
         return "\n".join([_in_short(comps, settings) + " " + chance.format("below"), "", *lines])
     return "\n".join([*lines, "", chance.format("above")])
 
@@ -667,8 +673,8 @@ def _in_short(comps: list[dict], settings: list[tuple[str, float]]) -> str:
     better, worse, never = [], [], []
     for row, base in PAIRS[:CLAIMS]:
         mine = [c for c in comps if (c["row"], c["base"]) == (row, base)]
-        up = [short(c["task"], c["noise"]) for c in mine if c["excludes_zero"] and c["paired_diff"] > 0]
-        down = [short(c["task"], c["noise"]) for c in mine if c["excludes_zero"] and c["paired_diff"] < 0]
+        up = [short(c["task"], c["noise"]) for c in mine if verdict(c) == "better"]
+        down = [short(c["task"], c["noise"]) for c in mine if verdict(c) == "worse"]
         name = f"{row_name(row)} vs {row_name(base)}"
         if up:
             better.append(f"{name} ({', '.join(up)})")
